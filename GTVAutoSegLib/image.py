@@ -1,0 +1,55 @@
+"""An image array kept together with its physical geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass
+class Image:
+    """A 3D image on a physical grid, in SimpleITK's conventions.
+
+    Args:
+        array: voxels indexed ``(z, y, x)`` (SimpleITK's ``GetArrayFromImage`` order).
+        spacing: ``(sx, sy, sz)`` in mm.
+        origin: ``(ox, oy, oz)`` in mm, LPS (DICOM/ITK patient coordinates).
+        direction: 9 floats, row-major 3x3, columns are the x, y, z index axes in LPS.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def from_sitk(cls, img: sitk.Image) -> "Image":
+        return cls(
+            array=sitk.GetArrayFromImage(img),
+            spacing=tuple(float(v) for v in img.GetSpacing()),
+            origin=tuple(float(v) for v in img.GetOrigin()),
+            direction=tuple(float(v) for v in img.GetDirection()),
+        )
+
+    def to_sitk(self) -> sitk.Image:
+        img = sitk.GetImageFromArray(self.array)
+        img.SetSpacing(self.spacing)
+        img.SetOrigin(self.origin)
+        img.SetDirection(self.direction)
+        return img
+
+    def with_array(self, array: np.ndarray) -> "Image":
+        """Same grid, other voxels (for a mask or a probability map)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} differs from the grid {self.array.shape}")
+        return Image(array, self.spacing, self.origin, self.direction)
+
+    def same_grid(self, other: "Image", tol: float = 1e-4) -> bool:
+        return (
+            self.array.shape == other.array.shape
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=tol)
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
