@@ -1,0 +1,240 @@
+"""A trained model as one file: both networks, their configs, the preprocessing spec, the
+operating threshold, a version and training provenance (nnU-Net's "plans" idea).
+
+On disk it is a ``torch.save`` of plain containers (strings and tensors only) so that it loads
+with ``torch.load(weights_only=True)``: a file holding pickled code is refused, not executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import GTVError
+from .models import NetConfig, build_network
+from .preprocessing import PreprocessSpec
+
+FORMAT = "gtvautoseg-bundle"
+FORMAT_VERSION = 1
+RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
+MODELS_JSON = RESOURCES / "Models.json"
+
+
+@dataclass
+class PostprocessSpec:
+    """What happens to the stitched 3D mask.
+
+    Args:
+        keep_largest: keep only the N largest 3D connected components (0 keeps all; PTV70 often
+            has nodal volumes apart from the primary, so the default keeps all).
+        min_component_cc: drop components smaller than this volume in cc (0 keeps all).
+    """
+
+    keep_largest: int = 0
+    min_component_cc: float = 0.0
+
+
+@dataclass
+class ModelBundle:
+    """Everything inference needs, nothing hard-coded at the call site."""
+
+    name: str
+    version: str
+    classifier: NetConfig
+    segmenter: NetConfig
+    preprocess: PreprocessSpec
+    threshold: float = 0.5
+    target: str = "GTV"
+    anatomic_region: str = ""
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    classifier_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    segmenter_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def meta(self) -> dict[str, Any]:
+        """The JSON-safe description (everything but the weights)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "classifier": self.classifier.to_dict(),
+            "segmenter": self.segmenter.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "threshold": float(self.threshold),
+            "target": self.target,
+            "anatomic_region": self.anatomic_region,
+            "postprocess": asdict(self.postprocess),
+            "provenance": self.provenance,
+        }
+
+    def build_networks(self) -> tuple[nn.Module, nn.Module]:
+        """Both networks with their weights loaded (strict), in eval mode, on the CPU, float32."""
+        nets = []
+        for cfg, state, role in ((self.classifier, self.classifier_state, "classifier"),
+                                 (self.segmenter, self.segmenter_state, "segmenter")):
+            net = build_network(cfg)
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise GTVError(f"model '{self.name}': {role} weights do not match its architecture: {first}") from None
+            nets.append(net.float().eval())
+        return nets[0], nets[1]
+
+    @classmethod
+    def from_networks(cls, classifier_net: nn.Module, segmenter_net: nn.Module, /, **kwargs: Any) -> "ModelBundle":
+        """A bundle from two (trained) modules; ``kwargs`` are the other fields (name, version,
+        classifier and segmenter configs, preprocess, ...)."""
+        return cls(classifier_state=_cpu_state(classifier_net), segmenter_state=_cpu_state(segmenter_net), **kwargs)
+
+
+def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    # DDP / torch.compile wrap the module; the bundle holds the bare network's keys.
+    net = getattr(net, "module", net)
+    net = getattr(net, "_orig_mod", net)
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def save_bundle(bundle: ModelBundle, path: str | Path, half: bool = False) -> str:
+    """Write the bundle atomically; ``half`` stores floating weights as fp16 (half the size).
+
+    Returns:
+        The file's SHA-256 (hex), for ``Resources/Models.json``.
+    """
+    from .io import atomic_output
+
+    def cast(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: (v.half() if half and v.is_floating_point() else v) for k, v in state.items()}
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta_json": json.dumps(bundle.meta(), sort_keys=True),
+        "classifier": cast(bundle.classifier_state),
+        "segmenter": cast(bundle.segmenter_state),
+    }
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+    return sha256_file(path)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBundle:
+    """Read a bundle file, refusing anything that is not exactly one.
+
+    Raises:
+        GTVError: missing file, hash mismatch, truncated or corrupt file, pickled code, or a
+            file that is not a GTVAutoSeg bundle.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GTVError(f"model file not found: {path}")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256.lower():
+        raise GTVError(f"model file {path.name} does not match its SHA-256 in Models.json (tampered or "
+                       "incomplete download); refusing to load it")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated / code-bearing files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            reason = "it contains pickled code or objects other than tensors"
+        raise GTVError(f"cannot load model file {path.name}: {reason[:200]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise GTVError(f"{path.name} is not a GTVAutoSeg model bundle")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise GTVError(f"{path.name} has bundle format {payload.get('format_version')}, this version reads {FORMAT_VERSION}")
+    try:
+        meta = json.loads(payload["meta_json"])
+        return ModelBundle(
+            name=meta["name"],
+            version=meta["version"],
+            classifier=NetConfig.from_dict(meta["classifier"]),
+            segmenter=NetConfig.from_dict(meta["segmenter"]),
+            preprocess=PreprocessSpec.from_dict(meta["preprocess"]),
+            threshold=float(meta["threshold"]),
+            target=meta.get("target", "GTV"),
+            anatomic_region=meta.get("anatomic_region", ""),
+            postprocess=PostprocessSpec(**meta.get("postprocess", {})),
+            provenance=meta.get("provenance", {}),
+            classifier_state=payload["classifier"],
+            segmenter_state=payload["segmenter"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GTVError(f"{path.name}: bundle description is incomplete or invalid ({exc})") from None
+
+
+# --- the list of shipped models -------------------------------------------------------------
+
+@dataclass
+class ModelEntry:
+    """One row of ``Resources/Models.json``."""
+
+    name: str
+    version: str
+    file: str
+    sha256: str
+    title: str = ""
+    card: str = ""
+    default: bool = False
+
+    def path(self, resources: Path) -> Path:
+        return resources / self.file
+
+
+def list_models(models_json: str | Path = MODELS_JSON) -> list[ModelEntry]:
+    models_json = Path(models_json)
+    if not models_json.is_file():
+        return []
+    try:
+        rows = json.loads(models_json.read_text())["models"]
+        return [ModelEntry(**row) for row in rows]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GTVError(f"{models_json} is malformed: {exc}") from None
+
+
+def resolve_model(name_or_path: str | None, models_json: str | Path = MODELS_JSON) -> tuple[Path, str | None, ModelEntry | None]:
+    """Turn ``--model`` into a file path and the hash it must have.
+
+    ``None`` picks the default entry of Models.json; a listed name picks that entry (its hash is
+    enforced); anything else is taken as a path to a bundle file. A path that is one of the
+    listed files is held to that entry's hash too.
+    """
+    models_json = Path(models_json)
+    entries = list_models(models_json)
+    resources = models_json.parent
+    if name_or_path is None:
+        defaults = [e for e in entries if e.default] or entries[:1]
+        if not defaults:
+            raise GTVError(f"no model is installed ({models_json} lists none); pass --model PATH to a bundle")
+        e = defaults[0]
+        return e.path(resources), e.sha256, e
+    for e in entries:
+        if name_or_path in (e.name, f"{e.name}@{e.version}"):
+            return e.path(resources), e.sha256, e
+    path = Path(name_or_path)
+    for e in entries:
+        if path.exists() and e.path(resources).exists() and path.resolve() == e.path(resources).resolve():
+            return path, e.sha256, e
+    if not path.exists():
+        known = ", ".join(e.name for e in entries) or "none installed"
+        raise GTVError(f"model '{name_or_path}' is neither a listed model ({known}) nor an existing file")
+    return path, None, None
+
+
+def open_model(name_or_path: str | None, models_json: str | Path = MODELS_JSON) -> ModelBundle:
+    """``resolve_model`` then ``load_bundle`` with the hash enforced for listed models."""
+    path, sha, _ = resolve_model(name_or_path, models_json)
+    return load_bundle(path, expected_sha256=sha)

@@ -1,0 +1,131 @@
+"""The Heterogeneous Cascade Framework: a slice classifier picks the axial slices that hold
+tumour, the segmenter runs only on those, every other slice is all-zero, and the slices are
+stitched back into a volume. It exists to remove the false positives a 2D segmenter puts on
+normal slices next to the tumour.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import Cancelled
+
+ProgressFn = Callable[[str, float], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclass
+class CascadeResult:
+    """What the cascade saw, in model space.
+
+    Attributes:
+        slice_probs: ``(Z,)`` classifier tumour probability per slice.
+        selected: ``(Z,)`` bool, slices the segmenter ran on (``slice_probs >= threshold``).
+        seg_probs: ``(Z, H, W)`` float16 foreground probability; exactly 0 on unselected slices.
+        timings: seconds per stage (``classifier``, ``segmenter``).
+    """
+
+    slice_probs: np.ndarray
+    selected: np.ndarray
+    seg_probs: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _seg_logits(out):
+    # Multi-task segmenters return (segmentation, classification); the cascade wants the first.
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class Cascade:
+    """Runs classifier then segmenter over the slices of one volume.
+
+    Args:
+        classifier: ``(B, 1, H, W) -> (B, 2)`` logits.
+        segmenter: ``(B, 1, H, W) -> (B, 2, H, W)`` logits.
+        device: where both run (chosen once by the caller).
+        classifier_batch / segmenter_batch: slices per forward pass; with the chunking below
+            only one batch of inputs and outputs lives on the device at a time, so a
+            1000-slice CT needs no more GPU memory than a 32-slice one.
+        amp: bf16 autocast and channels_last on CUDA (ignored on the CPU).
+    """
+
+    def __init__(self, classifier: nn.Module, segmenter: nn.Module, device: torch.device,
+                 classifier_batch: int = 64, segmenter_batch: int = 16, amp: bool = True):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        fmt = torch.channels_last if (self.cuda and amp) else torch.contiguous_format
+        self.classifier = classifier.to(device, memory_format=fmt).eval()
+        self.segmenter = segmenter.to(device, memory_format=fmt).eval()
+        self.memory_format = fmt
+        self.classifier_batch = classifier_batch
+        self.segmenter_batch = segmenter_batch
+        self.amp = amp and self.cuda
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def _batches(self, slices: np.ndarray, idx: np.ndarray, size: int):
+        for start in range(0, idx.size, size):
+            part = idx[start:start + size]
+            x = torch.from_numpy(np.ascontiguousarray(slices[part], dtype=np.float32))[:, None]
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            yield start, part, x
+
+    def _sync(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def classify(self, slices: np.ndarray, progress: ProgressFn | None = None,
+                 cancel: CancelFn | None = None) -> np.ndarray:
+        """``(Z, H, W)`` float32 slices -> ``(Z,)`` tumour probabilities."""
+        z = slices.shape[0]
+        probs = np.zeros(z, dtype=np.float32)
+        idx = np.arange(z)
+        for start, part, x in self._batches(slices, idx, self.classifier_batch):
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled during slice classification")
+            with self._autocast():
+                logits = self.classifier(x)
+            probs[part] = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+            if progress:
+                progress("classifier", min(1.0, (start + part.size) / max(z, 1)))
+        return probs
+
+    @torch.inference_mode()
+    def segment(self, slices: np.ndarray, selected: np.ndarray, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None) -> np.ndarray:
+        """Foreground probability on the selected slices; zeros elsewhere. ``(Z, H, W)`` float16."""
+        out = np.zeros(slices.shape, dtype=np.float16)
+        idx = np.flatnonzero(selected)
+        for start, part, x in self._batches(slices, idx, self.segmenter_batch):
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled during segmentation")
+            with self._autocast():
+                logits = _seg_logits(self.segmenter(x))
+            out[part] = torch.softmax(logits.float(), dim=1)[:, 1].to(torch.float16).cpu().numpy()
+            if progress:
+                progress("segmenter", min(1.0, (start + part.size) / max(idx.size, 1)))
+        return out
+
+    def __call__(self, slices: np.ndarray, threshold: float, progress: ProgressFn | None = None,
+                 cancel: CancelFn | None = None) -> CascadeResult:
+        timings = {}
+        t0 = time.perf_counter()
+        probs = self.classify(slices, progress, cancel)
+        self._sync()
+        t1 = time.perf_counter()
+        selected = probs >= threshold
+        seg = self.segment(slices, selected, progress, cancel)
+        self._sync()
+        t2 = time.perf_counter()
+        timings["classifier"] = t1 - t0
+        timings["segmenter"] = t2 - t1
+        return CascadeResult(probs, selected, seg, timings)

@@ -1,0 +1,295 @@
+"""``gtvautoseg``: segment CTs, evaluate masks, describe models.
+
+Every user-fixable problem ends as one line on stderr and exit status 2; outputs are written
+under temporary names and renamed, so a failed run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as _io
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .errors import Cancelled, GTVError
+
+GENERIC_STEMS = {"ct", "image", "data", "imaging", "volume", "img"}
+IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def case_name(path: Path) -> str:
+    """``pt_201/ct.nii.gz`` -> ``pt_201``; ``lung1_image.nrrd`` -> ``lung1_image``; a DICOM folder -> its name."""
+    if path.is_dir():
+        return path.resolve().name
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.lower() in GENERIC_STEMS:
+        return path.resolve().parent.name
+    return name
+
+
+class _Progress:
+    """Progress as a tqdm bar (humans) or as parseable lines (the Slicer module reads these)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.bar = None
+        if mode == "bar" and sys.stderr.isatty():  # a bar in a log file is noise
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100, desc="segment", unit="%", file=sys.stderr, leave=False,
+                            bar_format="{desc:<22}{bar}| {n:3.0f}% [{elapsed}]")
+        self.weights = {"read": (0, 5), "preprocess": (5, 15), "classifier": (15, 45),
+                        "segmenter": (45, 85), "inverse": (85, 95), "write": (95, 100)}
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        lo, hi = self.weights.get(stage, (0, 100))
+        total = lo + (hi - lo) * max(0.0, min(1.0, fraction))
+        if self.mode == "lines":
+            print(f"PROGRESS {total:.1f} {stage}", flush=True)
+        elif self.bar is not None:
+            self.bar.set_description_str(stage)
+            self.bar.n = total
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from . import io
+    from .bundle import PostprocessSpec, open_model
+    from .metrics import evaluate_case
+    from .pipeline import Segmenter
+    from .report import write_json, write_overview_png
+
+    outdir = Path(args.output)
+    inputs = [Path(p) for p in args.input]
+    for p in inputs:
+        if not p.exists():
+            raise GTVError(f"input not found: {p}")
+    if args.reference and len(inputs) != 1:
+        raise GTVError("--reference goes with exactly one input")
+    bundle = open_model(args.model)
+    post = None
+    if args.keep_largest is not None:
+        post = PostprocessSpec(keep_largest=args.keep_largest,
+                               min_component_cc=bundle.postprocess.min_component_cc)
+    seg = Segmenter(bundle, device=args.device, threshold=args.threshold,
+                    use_classifier=not args.no_classifier, postprocess=post)
+    outdir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in inputs:
+        name = args.name or case_name(path)
+        progress = _Progress(args.progress)
+        try:
+            t0 = time.perf_counter()
+            progress("read", 0.0)
+            ct = io.read_ct(path)
+            reference = io.read_mask(Path(args.reference), like=None) if args.reference else None
+            if reference is not None and not reference.same_grid(ct):
+                reference = io.resample_to(reference, ct, nearest=True)
+            t_read = time.perf_counter() - t0
+            result = seg(ct, progress=progress)
+            t = time.perf_counter()
+            progress("write", 0.0)
+            seg_path = outdir / f"{name}.seg.nrrd"
+            io.write_seg_nrrd(result.mask, seg_path, name="GTV",
+                              terminology=io.Terminology.for_region(bundle.anatomic_region or None))
+            io.write_labelmap(result.mask, outdir / f"{name}_label.nii.gz")
+            if args.png:
+                write_overview_png(ct, result.mask, outdir / f"{name}_overview.png",
+                                   title=f"{name}: {bundle.name} {bundle.version}", reference=reference,
+                                   window=tuple(bundle.preprocess.window))
+            t_write = time.perf_counter() - t
+            timings = {"read": t_read, **result.timings, "write": t_write,
+                       "total": time.perf_counter() - t0}
+            report = {
+                "case": name,
+                "input": str(path),
+                "model": {"name": bundle.name, "version": bundle.version, "target": bundle.target},
+                "device": str(seg.device),
+                "threshold": result.threshold,
+                "volume_cc": round(result.volume_cc(), 3),
+                "slices_total": int(result.slice_probs.size),
+                "slices_segmented": int(result.selected.sum()),
+                "slice_probabilities": [round(float(p), 4) for p in result.slice_probs],
+                "timings_s": {k: round(v, 4) for k, v in timings.items()},
+            }
+            if reference is not None:
+                metrics = evaluate_case(result.mask, reference)
+                report["reference"] = {"path": args.reference, **{k: _json_safe(v) for k, v in metrics.items()}}
+            write_json(report, outdir / f"{name}_report.json")
+            progress("write", 1.0)
+            progress.close()
+            line = (f"{name}: GTV {report['volume_cc']:.1f} cc on {report['slices_segmented']}/"
+                    f"{report['slices_total']} slices in {timings['total']:.2f} s -> {seg_path}")
+            if reference is not None:
+                line += f"; Dice vs reference {report['reference']['dice']:.3f}"
+            print(line, flush=True)
+        except Cancelled:
+            progress.close()
+            raise
+        except GTVError as exc:
+            progress.close()
+            if len(inputs) == 1:
+                raise
+            failures += 1
+            print(f"gtvautoseg: {path}: {exc}", file=sys.stderr, flush=True)
+    return 1 if failures else 0
+
+
+def _json_safe(v):
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    try:
+        return float(v) if not isinstance(v, (bool, int, str)) else v
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _mask_pairs(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
+    if pred.is_file() and ref.is_file():
+        return [(case_name(ref), pred, ref)]
+    if pred.is_dir() and ref.is_dir():
+        def index(folder: Path) -> dict[str, Path]:
+            found = {}
+            for f in sorted(folder.iterdir()):
+                if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES):
+                    key = case_name(f).removesuffix("_label").removesuffix("_mask")
+                    found.setdefault(key, f)
+            return found
+
+        p, r = index(pred), index(ref)
+        common = sorted(set(p) & set(r))
+        if not common:
+            raise GTVError(f"no case names in common between {pred} and {ref}")
+        return [(k, p[k], r[k]) for k in common]
+    raise GTVError("PRED and REF must both be files or both be folders")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import io
+    from .metrics import evaluate_case, summarise
+
+    pred, ref = Path(args.pred), Path(args.ref)
+    for p in (pred, ref):
+        if not p.exists():
+            raise GTVError(f"not found: {p}")
+    rows = []
+    for name, p, r in _mask_pairs(pred, ref):
+        m = evaluate_case(io.read_mask(p), io.read_mask(r))
+        rows.append({"case": name, **{k: _json_safe(v) for k, v in m.items()}})
+    summary = summarise([{k: v for k, v in row.items() if k != "case"} for row in rows])
+    buf = _io.StringIO()
+    fields = list(rows[0].keys())
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    mean_row = {"case": "mean"}
+    for k in fields[1:]:
+        stats = summary.get(k)
+        mean_row[k] = stats.get("mean") if isinstance(stats, dict) else ""
+    writer.writerow(mean_row)
+    if args.csv:
+        from .io import atomic_output
+
+        with atomic_output(Path(args.csv)) as tmp:
+            Path(tmp).write_text(buf.getvalue())
+    sys.stdout.write(buf.getvalue())
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .bundle import list_models, resolve_model, load_bundle
+    from .models import build_network, count_parameters
+
+    if args.model is None and args.list:
+        for e in list_models():
+            print(f"{e.name}@{e.version}{' (default)' if e.default else ''}  {e.file}  sha256={e.sha256[:12]}  {e.title}")
+        return 0
+    path, sha, entry = resolve_model(args.model)
+    bundle = load_bundle(path, expected_sha256=sha)
+    meta = bundle.meta()
+    meta["file"] = str(path)
+    meta["parameters"] = {
+        "classifier": count_parameters(build_network(bundle.classifier)),
+        "segmenter": count_parameters(build_network(bundle.segmenter)),
+    }
+    if entry is not None and entry.card:
+        meta["model_card"] = entry.card
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gtvautoseg",
+        description="Gross tumour volume segmentation on CT (ResNet18 slice classifier + SANet cascade). "
+                    "Research use only.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment one or more CTs",
+                       description="Segment CT files (NIfTI, NRRD, MHA) or DICOM series folders. Writes "
+                                   "NAME.seg.nrrd (3D Slicer segmentation), NAME_label.nii.gz and NAME_report.json "
+                                   "into OUTDIR, all on the input's exact grid.")
+    s.add_argument("input", nargs="+", help="CT file(s) or DICOM folder(s)")
+    s.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
+    s.add_argument("--model", default=None, help="model name from Resources/Models.json or a bundle path (default: the default model)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    s.add_argument("--threshold", type=float, default=None, help="classifier probability threshold (default: the model's)")
+    s.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest 3D components (0 keeps all)")
+    s.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice (no cascade)")
+    s.add_argument("--reference", default=None, help="a reference mask: report Dice etc. against it")
+    s.add_argument("--png", action="store_true", help="also write NAME_overview.png (axial/coronal/sagittal)")
+    s.add_argument("--name", default=None, help="case name for output files (one input only)")
+    s.add_argument("--progress", default="bar", choices=["bar", "lines", "none"], help="progress display")
+    s.set_defaults(func=_cmd_segment)
+
+    e = sub.add_parser("evaluate", help="compare predicted masks with reference masks",
+                       description="PRED and REF are two mask files, or two folders matched by case name. Prints a "
+                                   "per-case CSV (Dice, Jaccard, HD95 mm, volumes, false-positive slices) and a mean row.")
+    e.add_argument("pred")
+    e.add_argument("ref")
+    e.add_argument("--csv", default=None, help="also write the CSV here")
+    e.set_defaults(func=_cmd_evaluate)
+
+    i = sub.add_parser("info", help="describe a model bundle", description="Print a model's configuration, "
+                       "preprocessing, threshold, provenance and parameter counts as JSON.")
+    i.add_argument("model", nargs="?", default=None, help="model name or bundle path (default: the default model)")
+    i.add_argument("--list", action="store_true", help="list the models in Resources/Models.json")
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "name", None) and len(getattr(args, "input", [])) > 1:
+        print("gtvautoseg: error: --name goes with exactly one input", file=sys.stderr)
+        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"gtvautoseg: warning: {msg}\n"
+        try:
+            return args.func(args)
+        except Cancelled as exc:
+            print(f"gtvautoseg: cancelled: {exc}", file=sys.stderr)
+            return 130
+        except GTVError as exc:
+            print(f"gtvautoseg: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("gtvautoseg: interrupted", file=sys.stderr)
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

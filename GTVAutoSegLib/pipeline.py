@@ -1,0 +1,111 @@
+"""One CT in, one GTV mask on the CT's own grid out: preprocessing -> cascade -> inverse."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .bundle import ModelBundle, PostprocessSpec
+from .cascade import Cascade, CancelFn, ProgressFn
+from .device import resolve_device
+from .errors import Cancelled
+from .image import Image
+from .preprocessing import prepare, restore, restore_slice_values
+
+
+@dataclass
+class SegmentationResult:
+    """Attributes:
+        mask: uint8 GTV mask on exactly the input image's grid.
+        slice_probs: ``(Z,)`` classifier probability per slice of the input (array axis 0).
+        selected: ``(Z,)`` bool, slices the segmenter ran on.
+        threshold: the classifier threshold used.
+        timings: seconds per stage (preprocess, classifier, segmenter, inverse).
+    """
+
+    mask: Image
+    slice_probs: np.ndarray
+    selected: np.ndarray
+    threshold: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def volume_cc(self) -> float:
+        return float(self.mask.array.sum()) * float(np.prod(self.mask.spacing)) / 1000.0
+
+
+def keep_components(mask: np.ndarray, spacing_xyz, spec: PostprocessSpec) -> np.ndarray:
+    """Drop small 3D components and keep the N largest, as the postprocess spec says."""
+    if spec.keep_largest <= 0 and spec.min_component_cc <= 0:
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.ones(n, bool)
+    if spec.min_component_cc > 0:
+        keep &= sizes * float(np.prod(spacing_xyz)) / 1000.0 >= spec.min_component_cc
+    if spec.keep_largest > 0:
+        order = np.argsort(sizes)[::-1]
+        keep[order[spec.keep_largest:]] = False
+    return np.isin(labels, np.flatnonzero(keep) + 1).astype(mask.dtype)
+
+
+class Segmenter:
+    """A loaded bundle ready to segment many CTs (the networks are built once).
+
+    Args:
+        bundle: the model.
+        device: ``auto`` / ``cpu`` / ``cuda``.
+        threshold: classifier threshold; None takes the bundle's.
+        use_classifier: False runs the segmenter on every slice (the "SANet alone" arm that
+            measures what the cascade adds).
+    """
+
+    def __init__(self, bundle: ModelBundle, device: str = "auto", threshold: float | None = None,
+                 use_classifier: bool = True, postprocess: PostprocessSpec | None = None):
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.threshold = bundle.threshold if threshold is None else float(threshold)
+        self.use_classifier = use_classifier
+        self.postprocess = postprocess or bundle.postprocess
+        classifier, segmenter = bundle.build_networks()
+        self.cascade = Cascade(classifier, segmenter, self.device)
+
+    def __call__(self, image: Image, progress: ProgressFn | None = None,
+                 cancel: CancelFn | None = None) -> SegmentationResult:
+        timings = {}
+        t = time.perf_counter()
+        if progress:
+            progress("preprocess", 0.0)
+        slices, state = prepare(image, self.bundle.preprocess)
+        timings["preprocess"] = time.perf_counter() - t
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled after preprocessing")
+
+        threshold = self.threshold if self.use_classifier else -1.0
+        result = self.cascade(slices, threshold, progress, cancel)
+        timings.update(result.timings)
+
+        t = time.perf_counter()
+        if progress:
+            progress("inverse", 0.0)
+        prob = restore(result.seg_probs.astype(np.float32), state)
+        mask = (prob >= 0.5).astype(np.uint8)
+        mask = keep_components(mask, image.spacing, self.postprocess)
+        slice_probs = restore_slice_values(result.slice_probs, state)
+        selected = restore_slice_values(result.selected.astype(np.float32), state) > 0.5
+        timings["inverse"] = time.perf_counter() - t
+        if progress:
+            progress("inverse", 1.0)
+        return SegmentationResult(image.with_array(mask), slice_probs, selected, threshold, timings)
+
+
+def segment(image: Image, bundle: ModelBundle, device: str = "auto", threshold: float | None = None,
+            progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> SegmentationResult:
+    """Segment one CT with a bundle (builds the networks; use ``Segmenter`` for many CTs)."""
+    with torch.inference_mode():
+        return Segmenter(bundle, device, threshold)(image, progress, cancel)

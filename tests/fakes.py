@@ -1,0 +1,48 @@
+"""Deterministic stand-in networks, registered like any other, so that cascade and pipeline tests
+know exactly which slices and voxels must come out (untrained nets give arbitrary masks).
+
+Both read "bright" input: a CT value that the test's window maps to >= ``level``.
+"""
+
+import torch
+import torch.nn as nn
+
+from GTVAutoSegLib.models import register
+
+
+class MaxClassifier(nn.Module):
+    """``(B, 1, H, W) -> (B, 2)``: tumour logit positive where the slice's max exceeds ``level``."""
+
+    def __init__(self, level: float):
+        super().__init__()
+        self.level = nn.Parameter(torch.tensor(float(level)), requires_grad=False)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += x.shape[0]
+        score = (x.amax(dim=(1, 2, 3)) - self.level) * 100.0
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+class BrightSegmenter(nn.Module):
+    """``(B, 1, H, W) -> (B, 2, H, W)``: foreground where the pixel exceeds ``level``."""
+
+    def __init__(self, level: float):
+        super().__init__()
+        self.level = nn.Parameter(torch.tensor(float(level)), requires_grad=False)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += x.shape[0]
+        fg = (x - self.level) * 100.0
+        return torch.cat([torch.zeros_like(fg), fg], dim=1)
+
+
+@register("test_max_classifier", kind="classifier", params={"level": 0.8})
+def _max_classifier(cfg):
+    return MaxClassifier(cfg.params["level"])
+
+
+@register("test_bright_segmenter", kind="segmenter", params={"level": 0.8})
+def _bright_segmenter(cfg):
+    return BrightSegmenter(cfg.params["level"])

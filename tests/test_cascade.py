@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import torch
+
+from GTVAutoSegLib.bundle import ModelBundle, load_bundle, save_bundle
+from GTVAutoSegLib.cascade import Cascade
+from GTVAutoSegLib.errors import Cancelled
+from GTVAutoSegLib.metrics import dice
+from GTVAutoSegLib.models import NetConfig, build_network
+from GTVAutoSegLib.phantom import make_phantom
+from GTVAutoSegLib.pipeline import Segmenter, keep_components
+from GTVAutoSegLib.bundle import PostprocessSpec
+from GTVAutoSegLib.preprocessing import PreprocessSpec
+
+from fakes import BrightSegmenter, MaxClassifier
+
+CPU = torch.device("cpu")
+
+
+def _slices(z=10, hw=32, bright=(2, 3, 7)):
+    x = np.full((z, hw, hw), 0.3, np.float32)
+    for k in bright:
+        x[k, 10:14, 12:20] = 0.95
+    return x
+
+
+def test_segmenter_runs_only_on_selected_slices_and_others_are_zero():
+    x = _slices()
+    clf, seg = MaxClassifier(0.8), BrightSegmenter(0.8)
+    result = Cascade(clf, seg, CPU, classifier_batch=4, segmenter_batch=2)(x, threshold=0.5)
+    assert np.array_equal(np.flatnonzero(result.selected), [2, 3, 7])
+    assert clf.calls == 10 and seg.calls == 3
+    assert result.seg_probs[~result.selected].max() == 0.0
+    assert (result.seg_probs[2, 10:14, 12:20] > 0.99).all()
+    assert result.seg_probs[2].sum() == pytest.approx(32, abs=0.1)
+    assert result.slice_probs.shape == (10,) and set(result.timings) == {"classifier", "segmenter"}
+
+
+def test_batching_does_not_change_the_result():
+    x = _slices(z=13, bright=(0, 5, 12))
+    a = Cascade(MaxClassifier(0.8), BrightSegmenter(0.8), CPU, 64, 16)(x, 0.5)
+    b = Cascade(MaxClassifier(0.8), BrightSegmenter(0.8), CPU, 3, 1)(x, 0.5)
+    assert np.array_equal(a.seg_probs, b.seg_probs) and np.array_equal(a.slice_probs, b.slice_probs)
+
+
+def test_threshold_override_changes_selection():
+    x = _slices()
+    c = Cascade(MaxClassifier(0.8), BrightSegmenter(0.8), CPU)
+    assert c(x, threshold=1.01).selected.sum() == 0  # nothing passes: all-zero volume
+    assert c(x, threshold=-1.0).selected.sum() == 10  # every slice: the segmenter alone
+
+
+def test_progress_is_reported_and_cancel_stops_between_batches():
+    x = _slices(z=12)
+    seen = []
+    Cascade(MaxClassifier(0.8), BrightSegmenter(0.8), CPU, 4, 1)(x, 0.5, progress=lambda s, f: seen.append((s, f)))
+    clf_fracs = [f for s, f in seen if s == "classifier"]
+    assert clf_fracs == sorted(clf_fracs) and clf_fracs[-1] == 1.0 and len(clf_fracs) == 3
+    assert [s for s, _ in seen if s == "segmenter"]
+
+    clf = MaxClassifier(0.8)
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 1  # allow the first batch, stop at the second
+
+    with pytest.raises(Cancelled):
+        Cascade(clf, BrightSegmenter(0.8), CPU, 4, 1)(x, 0.5, cancel=cancel)
+    assert clf.calls == 4
+
+
+def test_multitask_segmenter_output_is_accepted():
+    net = build_network(NetConfig("sanet_mtl"))
+    x = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
+    out = Cascade(build_network(NetConfig("resnet18_classifier")), net, CPU)(x, threshold=-1.0)
+    assert out.seg_probs.shape == (2, 64, 64) and np.isfinite(out.seg_probs.astype(np.float32)).all()
+
+
+def _fake_bundle(size=64, threshold=0.5):
+    spec = PreprocessSpec(window=(-1000.0, 3000.0), size=size)
+    c, s = NetConfig("test_max_classifier", params={"level": 0.8}), NetConfig("test_bright_segmenter", params={"level": 0.8})
+    return ModelBundle.from_networks(build_network(c), build_network(s), name="fake", version="0.0.1",
+                                     classifier=c, segmenter=s, preprocess=spec, threshold=threshold)
+
+
+def _phantom_with_marker(direction=None):
+    # A 2500 HU block on slices 6-9: the only thing the window (-1000, 3000) maps above 0.8.
+    ct, _ = make_phantom(shape=(16, 80, 72), spacing=(1.2, 0.9, 2.5), seed=3, direction=direction)
+    marker = np.zeros(ct.array.shape, np.uint8)
+    marker[6:10, 30:44, 28:40] = 1
+    arr = ct.array.copy()
+    arr[marker > 0] = 2500
+    return ct.with_array(arr), marker
+
+
+@pytest.mark.parametrize("direction", [None, (1, 0, 0, 0, -1, 0, 0, 0, 1), (0, 1, 0, 1, 0, 0, 0, 0, -1)])
+def test_pipeline_maps_the_result_back_onto_the_input_grid(tmp_path, direction):
+    ct, marker = _phantom_with_marker(direction)
+    path = tmp_path / "fake.pt"
+    save_bundle(_fake_bundle(), path)
+    seg = Segmenter(load_bundle(path), device="cpu")
+    result = seg(ct)
+    assert result.mask.same_grid(ct)
+    assert result.mask.array.dtype == np.uint8
+    assert dice(result.mask.array, marker) >= 0.9
+    # Slices are reported in the input's own slice order.
+    slice_axis_has_marker = marker.reshape(marker.shape[0], -1).any(axis=1) if direction is None or direction[-1] != 0 else None
+    if slice_axis_has_marker is not None:
+        assert np.array_equal(result.selected, slice_axis_has_marker)
+    assert set(result.timings) >= {"preprocess", "classifier", "segmenter", "inverse"}
+
+
+def test_high_threshold_gives_an_empty_mask_on_the_same_grid():
+    ct, _ = _phantom_with_marker()
+    result = Segmenter(_fake_bundle(threshold=0.5), device="cpu", threshold=1.01)(ct)
+    assert result.mask.array.sum() == 0 and result.mask.same_grid(ct)
+
+
+def test_keep_components_keeps_the_largest():
+    m = np.zeros((6, 20, 20), np.uint8)
+    m[1:3, 2:6, 2:6] = 1        # 32 voxels
+    m[1:5, 10:16, 10:16] = 1    # 144 voxels
+    kept = keep_components(m, (1.0, 1.0, 1.0), PostprocessSpec(keep_largest=1))
+    assert kept.sum() == 144 and kept[1, 3, 3] == 0
+    assert keep_components(m, (1.0, 1.0, 1.0), PostprocessSpec()).sum() == 176
+    # 0.1 cc = 100 mm^3 at 1 mm voxels: the small one goes.
+    assert keep_components(m, (1.0, 1.0, 1.0), PostprocessSpec(min_component_cc=0.1)).sum() == 144
