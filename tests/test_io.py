@@ -1,0 +1,438 @@
+"""Reading and writing: real DICOM/NRRD/NIfTI from ../shared/data, bad inputs, atomic outputs."""
+
+import sys
+import warnings
+from pathlib import Path
+
+import nrrd
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+
+from GTVAutoSegLib import io
+from GTVAutoSegLib.errors import GTVError
+from GTVAutoSegLib.image import Image
+from GTVAutoSegLib.io import (
+    GTV_COLOR,
+    Terminology,
+    atomic_output,
+    read_ct,
+    read_image,
+    read_mask,
+    read_seg_nrrd,
+    resample_to,
+    write_labelmap,
+    write_seg_nrrd,
+)
+
+# Index axes x -> posterior, y -> inferior, z -> right: no column is the identity's, and the matrix is
+# not symmetric, so a transposed direction shows.
+PERMUTED = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+
+
+def synthetic_mask(direction=PERMUTED) -> Image:
+    array = np.zeros((6, 7, 8), np.uint8)
+    array[1:4, 2:5, 3:7] = 1
+    array[5, 0, 0] = 1  # a corner voxel shows any axis mix-up
+    return Image(array, (0.5, 0.75, 2.5), (-100.25, 20.5, 30.0), direction)
+
+
+def write_sitk(array, path, spacing=None, vector=False):
+    img = sitk.GetImageFromArray(array, isVector=vector)
+    if spacing:
+        img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def one_line_error(excinfo) -> str:
+    message = str(excinfo.value)
+    assert message and "\n" not in message
+    return message
+
+
+def ijk_to_lps(image: Image) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = np.reshape(image.direction, (3, 3)) @ np.diag(image.spacing)
+    m[:3, 3] = image.origin
+    return m
+
+
+# ------------------------------------------------------------------------------------------ real data
+
+
+def _dicom_header(path: str) -> tuple[np.ndarray, np.ndarray]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    position = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+    orientation = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+    return position, orientation
+
+
+@pytest.fixture(scope="module")
+def totalseg_ct(shared_data) -> Image:
+    """The 20-slice CT series, read once for the tests that need it."""
+    return read_ct(shared_data / "dicom" / "totalseg_ct20")
+
+
+def test_dicom_series_has_the_geometry_of_its_headers(shared_data, totalseg_ct):
+    folder = shared_data / "dicom" / "totalseg_ct20"
+    ct = totalseg_ct
+    assert ct.array.shape == (20, 512, 512)
+    assert ct.array.dtype == np.int16
+    assert ct.spacing == pytest.approx((0.977, 0.977, 2.0), abs=1e-3)
+
+    files = sorted(str(p) for p in folder.iterdir())
+    headers = [_dicom_header(f) for f in files]
+    orientation = headers[0][1]
+    normal = np.cross(orientation[:3], orientation[3:])
+    first = min(range(len(files)), key=lambda i: headers[i][0] @ normal)  # most inferior slice
+    direction = np.column_stack([orientation[:3], orientation[3:], normal])
+    assert np.reshape(ct.direction, (3, 3)) == pytest.approx(direction, abs=1e-6)
+    assert ct.origin == pytest.approx(headers[first][0], abs=1e-4)
+
+    # That slice read on its own: same origin, same voxels as slice 0 of the volume.
+    single = sitk.ReadImage(files[first])
+    assert ct.origin == pytest.approx(single.GetOrigin(), abs=1e-4)
+    assert np.array_equal(ct.array[0], sitk.GetArrayFromImage(single)[0])
+
+    # Picking one file of the series reads the whole series.
+    assert read_image(files[5]).same_grid(ct)
+
+
+def test_flipped_label_map_is_matched_by_physical_space(shared_data, totalseg_ct):
+    ct = totalseg_ct
+    path = shared_data / "dicom" / "totalseg_ct20_labels.nii.gz"
+    raw = sitk.ReadImage(str(path))
+    assert raw.GetDirection() == pytest.approx((1, 0, 0, 0, -1, 0, 0, 0, 1))
+    labels = sitk.GetArrayFromImage(raw)
+    assert not np.array_equal(labels, np.flip(labels, axis=1))  # else the test proves nothing
+
+    mask = read_mask(path, like=ct)
+    assert mask.same_grid(ct) and mask.array.dtype == np.uint8
+    assert np.array_equal(mask.array, np.flip(labels != 0, axis=1))
+
+    label = int(np.unique(labels)[-1])
+    one = read_mask(path, like=ct, label=label)
+    assert np.array_equal(one.array, np.flip(labels == label, axis=1))
+
+
+def test_lung_nrrd_reads_as_hounsfield_ct(shared_data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # real HU: no warning
+        ct = read_ct(shared_data / "lung_pyradiomics" / "lung1_image.nrrd")
+    assert ct.array.shape == (48, 512, 512)
+    assert ct.spacing == pytest.approx((0.5703, 0.5703, 5.0), abs=1e-3)
+    assert ct.array.dtype == np.int16
+
+
+def test_seg_nrrd_of_a_real_mask_reads_back_in_slicerio(shared_data, tmp_path):
+    ct = read_ct(shared_data / "lung_pyradiomics" / "lung2_image.nrrd")
+    mask = read_mask(shared_data / "lung_pyradiomics" / "lung2_label.nrrd", like=ct)
+    assert mask.same_grid(ct) and 0 < mask.array.sum() < mask.array.size
+    out = tmp_path / "lung2.seg.nrrd"
+    write_seg_nrrd(mask, out, terminology=Terminology.for_region("lung"))
+    assert [p.name for p in tmp_path.iterdir()] == ["lung2.seg.nrrd"]
+
+    seg = slicerio.read_segmentation(str(out))
+    assert np.array_equal(seg["voxels"].transpose(2, 1, 0), mask.array)
+    assert np.asarray(seg["ijkToLPS"]) == pytest.approx(ijk_to_lps(mask), abs=1e-6)
+    (segment,) = seg["segments"]
+    assert segment["name"] == "GTV" and segment["labelValue"] == 1 and segment["layer"] == 0
+    assert segment["color"] == pytest.approx(GTV_COLOR)
+    assert segment["terminology"] == {
+        "contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
+        "category": ["SCT", "49755003", "Morphologically Altered Structure"],
+        "type": ["SCT", "86049000", "Neoplasm, Primary"],
+        "anatomicContextName": "Anatomic codes - DICOM master list",
+        "anatomicRegion": ["SCT", "39607008", "Lung"],
+    }
+    assert seg["masterRepresentation"] == "Binary labelmap"
+    assert seg["containedRepresentationNames"] == ["Binary labelmap"]
+    assert seg["referenceImageExtentOffset"] == [0, 0, 0]
+
+    # ITK's NRRD reader (the one Slicer uses for volumes) sees the same grid.
+    assert Image.from_sitk(sitk.ReadImage(str(out))).same_grid(mask)
+    image, meta = read_seg_nrrd(out)
+    assert image.same_grid(mask) and np.array_equal(image.array, mask.array)
+    assert meta["segments"][0]["name"] == "GTV"
+
+
+def test_three_slice_dicom_series(shared_data):
+    ct = read_ct(shared_data / "dicom" / "dcmqi_ct3")
+    assert ct.array.shape == (3, 512, 512)
+
+
+def test_rtstruct_and_seg_are_not_image_series(shared_data):
+    # rtutils_mock: 2 CT slices and an RTSTRUCT; only the CT is read.
+    assert read_image(shared_data / "dicom" / "rtutils_mock").array.shape[0] == 2
+    # dicom/ holds only a DICOM SEG file at its top level.
+    with pytest.raises(GTVError) as e:
+        read_image(shared_data / "dicom")
+    assert "no DICOM image series" in one_line_error(e)
+    with pytest.raises(GTVError, match="DICOM SEG object"):
+        read_image(shared_data / "dicom" / "dcmqi_ct3_liver_seg.dcm")
+
+
+def test_folder_with_two_series_reads_the_larger_and_says_so(shared_data, tmp_path, caplog):
+    # Copies into pytest's temporary folder only; never into the repository.
+    for name in ("01.dcm", "02.dcm", "03.dcm"):
+        (tmp_path / f"a_{name}").write_bytes((shared_data / "dicom" / "dcmqi_ct3" / name).read_bytes())
+    for name in ("ct_1.dcm", "ct_2.dcm", "rt.dcm"):
+        (tmp_path / f"b_{name}").write_bytes((shared_data / "dicom" / "rtutils_mock" / name).read_bytes())
+    with caplog.at_level("WARNING", logger="GTVAutoSegLib.io"):
+        ct = read_image(tmp_path)
+    assert ct.array.shape[0] == 3
+    assert "2 DICOM image series" in caplog.text and "3 files" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------- bad inputs
+
+
+def _text(tmp_path):
+    p = tmp_path / "notes.nii.gz"
+    p.write_text("this is not an image\n")
+    return p
+
+
+def _random(tmp_path):
+    p = tmp_path / "noise.nrrd"
+    p.write_bytes(np.random.default_rng(0).bytes(4096))
+    return p
+
+
+def _two_d(tmp_path):
+    return write_sitk(np.zeros((16, 16), np.int16), tmp_path / "slice.nrrd")
+
+
+def _four_d(tmp_path):
+    img = sitk.Image([4, 4, 4, 3], sitk.sitkInt16)
+    sitk.WriteImage(img, str(tmp_path / "series.nii.gz"))
+    return tmp_path / "series.nii.gz"
+
+
+def _vector(tmp_path):
+    return write_sitk(np.zeros((4, 5, 6, 3), np.float32), tmp_path / "rgb.nrrd", vector=True)
+
+
+def _with(value):
+    def make(tmp_path):
+        a = np.full((4, 5, 6), -1000.0, np.float32)
+        a[2, 2, 2] = value
+        return write_sitk(a, tmp_path / "bad.nrrd")
+    return make
+
+
+def _truncated(tmp_path):
+    path = write_sitk(np.zeros((20, 30, 40), np.int16), tmp_path / "cut.nrrd")
+    path.write_bytes(path.read_bytes()[:5000])  # header intact, voxels cut short
+    return path
+
+
+def _empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda tmp_path: tmp_path / "nowhere.nii.gz", "input not found"),
+        (_text, "not a readable image"),
+        (_random, "not a readable image"),
+        (_two_d, "2D image"),
+        (_four_d, "4D image"),
+        (_vector, "3 values per voxel"),
+        (_with(np.nan), "1 NaN and 0 infinite"),
+        (_with(np.inf), "0 NaN and 1 infinite"),
+        (_truncated, "truncated or corrupt"),
+        (_empty_folder, "no DICOM image series"),
+    ],
+    ids=["missing", "text", "random-bytes", "2d", "4d", "vector", "nan", "inf", "truncated", "empty-folder"],
+)
+def test_bad_inputs_give_one_line_errors(tmp_path, make, expected):
+    path = make(tmp_path)
+    with pytest.raises(GTVError) as e:
+        read_image(path)
+    assert expected in one_line_error(e)
+
+
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        (np.full((4, 5, 6), -1024, np.int16), "constant"),
+        (np.random.default_rng(1).integers(-1024, -950, (4, 5, 6)).astype(np.int16), "all air"),
+    ],
+)
+def test_ct_without_a_patient_is_refused(tmp_path, array, expected):
+    path = write_sitk(array, tmp_path / "air.nii.gz")
+    read_image(path)  # a valid image...
+    with pytest.raises(GTVError) as e:  # ...but not a CT to segment
+        read_ct(path)
+    assert expected in one_line_error(e)
+
+
+def test_empty_volume_is_refused(monkeypatch):
+    empty = Image(np.zeros((0, 5, 5), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), PERMUTED)
+    monkeypatch.setattr(io, "read_image", lambda path: empty)
+    with pytest.raises(GTVError, match="empty"):
+        read_ct("whatever.nii.gz")
+
+
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        (np.linspace(0, 1, 120, dtype=np.float32).reshape(4, 5, 6), "normalised"),
+        (np.arange(120, dtype=np.uint16).reshape(4, 5, 6) * 30, "rescale intercept"),
+        (np.linspace(-32000, 60000, 120, dtype=np.float32).reshape(4, 5, 6), "far outside"),
+    ],
+    ids=["unit-range", "no-negatives", "huge-range"],
+)
+def test_non_hounsfield_intensities_warn(tmp_path, array, expected):
+    path = write_sitk(array, tmp_path / "odd.nrrd")
+    with pytest.warns(UserWarning, match=expected):
+        ct = read_ct(path)
+    assert ct.array.dtype == array.dtype  # pixel type kept as read
+
+
+def test_probability_map_is_not_a_mask(tmp_path):
+    path = write_sitk(np.full((3, 4, 5), 0.4, np.float32), tmp_path / "prob.nii.gz")
+    with pytest.raises(GTVError, match="probability map"):
+        read_mask(path)
+
+
+def test_unknown_region_and_bad_name(tmp_path):
+    with pytest.raises(GTVError, match="head_and_neck"):
+        Terminology.for_region("knee")
+    with pytest.raises(GTVError, match="printable ASCII"):
+        write_seg_nrrd(synthetic_mask(), tmp_path / "x.seg.nrrd", name="GTV|1")
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def test_seg_nrrd_keeps_a_permuted_geometry_and_header_fields(tmp_path):
+    mask = synthetic_mask()
+    out = tmp_path / "case.seg.nrrd"
+    terminology = Terminology.for_region("head_and_neck")
+    write_seg_nrrd(mask, out, name="GTV primary", color=(0.2, 0.4, 0.6), terminology=terminology)
+
+    _, header = nrrd.read(str(out), index_order="C")
+    assert header["space"] == "left-posterior-superior"
+    # One row per index axis: direction column * spacing.
+    assert header["space directions"] == pytest.approx(
+        np.array([[0, 0.5, 0], [0, 0, -0.75], [-2.5, 0, 0]]))
+    assert header["Segment0_Tags"] == (
+        "Segmentation.Status:inprogress|TerminologyEntry:Segmentation category and type - 3D Slicer General "
+        "Anatomy list~SCT^49755003^Morphologically Altered Structure~SCT^86049000^Neoplasm, Primary~^^"
+        "~Anatomic codes - DICOM master list~SCT^774007^Head and Neck~^^|"
+    )
+    assert header["Segment0_Extent"] == "0 7 0 6 0 5"
+    # Reference geometry: IJK-to-RAS (L and P negated) row by row, then the extent.
+    ref_geometry = [p["value"] for p in slicerio.read_segmentation(str(out))["conversionParameters"]
+                    if p["name"] == "Reference image geometry"][0]
+    numbers = [float(v) for v in ref_geometry.rstrip(";").split(";")]
+    expected = np.diag([-1, -1, 1, 1]) @ ijk_to_lps(mask)
+    assert numbers[:16] == pytest.approx(expected.ravel().tolist())
+    assert numbers[16:] == [0, 7, 0, 6, 0, 5]
+
+    image, meta = read_seg_nrrd(out, segment="GTV primary")
+    assert image.same_grid(mask) and np.array_equal(image.array, mask.array)
+    assert meta["segments"][0]["color"] == pytest.approx([0.2, 0.4, 0.6])
+    assert Terminology.from_dict(meta["segments"][0]["terminology"]) == terminology
+    assert Image.from_sitk(sitk.ReadImage(str(out))).same_grid(mask)
+    with pytest.raises(GTVError, match="no segment 'lung'"):
+        read_seg_nrrd(out, segment="lung")
+
+
+def test_overlapping_segments_need_a_segment_name():
+    path = Path(slicerio.__file__).parent / "data" / "SegmentationOverlapping.seg.nrrd"
+    if not path.exists():
+        pytest.skip(f"slicerio's example file not installed at {path}")
+    with pytest.raises(GTVError, match="overlapping segments in 2 layers"):
+        read_seg_nrrd(path)
+    ribs, meta = read_seg_nrrd(path, segment="ribs")
+    assert ribs.array.shape == (34, 128, 128) and ribs.array.max() == 1
+    assert ribs.spacing == pytest.approx((3.046876, 3.046876, 10.0), abs=1e-5)
+    assert len(meta["segments"]) > 1 and "voxels" not in meta
+
+
+def test_labelmap_round_trip_keeps_geometry(tmp_path):
+    mask = synthetic_mask()
+    mask = mask.with_array(mask.array * 3)  # any non-zero is foreground
+    for name in ("case.nii.gz", "case.nrrd"):
+        write_labelmap(mask, tmp_path / name)
+        back = read_image(tmp_path / name)
+        assert back.same_grid(mask) and back.array.dtype == np.uint8
+        assert np.array_equal(back.array, (mask.array != 0).astype(np.uint8))
+    with pytest.raises(GTVError, match="cannot write"):
+        write_labelmap(mask, tmp_path / "case.mhd")
+
+
+def test_resample_to_moves_voxels_by_physical_position():
+    mask = synthetic_mask(direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    nz, ny, nx = mask.array.shape
+    # The same grid with x reversed: origin at the far x end, x axis pointing back.
+    flipped = Image(np.zeros_like(mask.array), mask.spacing,
+                    (mask.origin[0] + (nx - 1) * mask.spacing[0], mask.origin[1], mask.origin[2]),
+                    (-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    out = resample_to(mask, flipped, nearest=True)
+    assert out.same_grid(flipped)
+    assert np.array_equal(out.array, mask.array[:, :, ::-1])
+
+
+def test_atomic_output_keeps_the_suffix_and_renames(tmp_path):
+    target = tmp_path / "case.seg.nrrd"
+    with atomic_output(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".case.tmp-") and tmp.name.endswith(".seg.nrrd")
+        tmp.write_bytes(b"done")
+        assert not target.exists()
+    assert target.read_bytes() == b"done" and [p.name for p in tmp_path.iterdir()] == ["case.seg.nrrd"]
+    with pytest.raises(GTVError, match="output folder does not exist"):
+        with atomic_output(tmp_path / "missing" / "x.nii.gz"):
+            pass
+
+
+def _half_write_then_fail(file, *args, **kwargs):
+    """Stands in for ``nrrd.write(file, data, header, ...)``: a few bytes, then the disk fills up."""
+    Path(str(file)).write_bytes(b"NRRD0005\npartial")
+    raise OSError("disk full")
+
+
+def _sitk_half_write_then_fail(image, file, *args, **kwargs):
+    """Stands in for ``sitk.WriteImage(image, file, ...)``."""
+    _half_write_then_fail(file)
+
+
+@pytest.mark.parametrize("writer", ["seg", "labelmap"])
+def test_failing_writer_leaves_nothing_behind(tmp_path, monkeypatch, writer):
+    target = tmp_path / ("out.seg.nrrd" if writer == "seg" else "out.nii.gz")
+    if writer == "seg":
+        monkeypatch.setattr(nrrd, "write", _half_write_then_fail)
+        with pytest.raises(OSError, match="disk full"):
+            write_seg_nrrd(synthetic_mask(), target)
+    else:
+        monkeypatch.setattr(sitk, "WriteImage", _sitk_half_write_then_fail)
+        with pytest.raises(OSError, match="disk full"):
+            write_labelmap(synthetic_mask(), target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failing_writer_keeps_the_previous_output(tmp_path, monkeypatch):
+    target = tmp_path / "out.seg.nrrd"
+    write_seg_nrrd(synthetic_mask(), target)
+    before = target.read_bytes()
+    monkeypatch.setattr(nrrd, "write", _half_write_then_fail)
+    with pytest.raises(OSError):
+        write_seg_nrrd(synthetic_mask().with_array(np.zeros((6, 7, 8), np.uint8)), target)
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.seg.nrrd"]
+
+
+def test_missing_pynrrd_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nrrd", None)  # makes `import nrrd` fail
+    with pytest.raises(GTVError, match="pip install pynrrd"):
+        write_seg_nrrd(synthetic_mask(), tmp_path / "x.seg.nrrd")
+    assert not list(tmp_path.iterdir())
