@@ -1,0 +1,179 @@
+"""Networks by name: a config dataclass, a registry of builders, and a parameter counter.
+
+A model bundle stores a :class:`NetConfig` as JSON; :func:`build_network` turns it back into a
+module. Every registered network declares its kind ("classifier" or "segmenter") and the params it
+takes with their defaults, so a config from a bundle is checked before anything is built.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import GTVError
+
+KINDS = ("classifier", "segmenter")
+
+Builder = Callable[["NetConfig"], nn.Module]
+
+
+@dataclass
+class NetConfig:
+    """Which network to build and how.
+
+    Args:
+        name: a registered network name, see :func:`available_networks`.
+        in_channels: input channels (1 for a CT slice).
+        out_channels: logits per pixel for a segmenter, classes for a classifier.
+        params: network-specific settings (see :func:`default_params`); must survive JSON, because
+            the config is stored in the model bundle. Tuples become lists.
+    """
+
+    name: str
+    in_channels: int = 1
+    out_channels: int = 2
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise GTVError(f"network name must be a non-empty string, got {self.name!r}")
+        for key in ("in_channels", "out_channels"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise GTVError(f"network {key} must be a positive integer, got {value!r}")
+        if not isinstance(self.params, dict):
+            raise GTVError(f"network params must be a dict, got {type(self.params).__name__}")
+        try:
+            # A JSON round trip both checks and normalises (tuples -> lists, a private copy), so a
+            # config read back from a bundle compares equal to the one that was saved.
+            self.params = json.loads(json.dumps(self.params, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise GTVError(f"network params for {self.name!r} are not JSON-serialisable: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "params": json.loads(json.dumps(self.params)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "NetConfig":
+        """Inverse of :meth:`to_dict`; a malformed dict (e.g. from a damaged bundle) is a GTVError."""
+        if not isinstance(data, dict):
+            raise GTVError(f"network config must be a dict, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"name", "in_channels", "out_channels", "params"})
+        if unknown:
+            raise GTVError(f"network config has unknown keys: {', '.join(unknown)}")
+        if "name" not in data:
+            raise GTVError("network config has no 'name'")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    builder: Builder
+    kind: str
+    defaults: dict[str, Any]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(name: str, *, kind: str, params: dict[str, Any] | None = None) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder(cfg) -> nn.Module`` under ``name``.
+
+    Args:
+        name: the name a :class:`NetConfig` uses.
+        kind: "classifier" (``(B, C, H, W) -> (B, K)``) or "segmenter" (``(B, C, H, W) -> (B, K, H, W)``).
+        params: every param the network takes, with its default. :func:`build_network` passes the
+            builder a config whose ``params`` hold all of them (defaults filled in).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    defaults = json.loads(json.dumps(params or {}))
+
+    def decorator(builder: Builder) -> Builder:
+        old = _REGISTRY.get(name)
+        # Re-registering the same builder happens when Slicer reloads the module; a different
+        # builder under a taken name is a programming error.
+        if old is not None and _qualname(old.builder) != _qualname(builder):
+            raise ValueError(f"network {name!r} is already registered by {_qualname(old.builder)}")
+        _REGISTRY[name] = _Entry(builder, kind, defaults)
+        return builder
+
+    return decorator
+
+
+def _qualname(fn: Callable) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _entry(name: str) -> _Entry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise GTVError(f"unknown network {name!r}; known: {', '.join(available_networks())}") from None
+
+
+def available_networks(kind: str | None = None) -> list[str]:
+    """Registered names, sorted; only those of ``kind`` when given."""
+    return sorted(n for n, e in _REGISTRY.items() if kind is None or e.kind == kind)
+
+
+def network_kind(name: str) -> str:
+    """"classifier" or "segmenter"."""
+    return _entry(name).kind
+
+
+def default_params(name: str) -> dict[str, Any]:
+    """The params ``name`` takes, with their defaults (a copy)."""
+    return json.loads(json.dumps(_entry(name).defaults))
+
+
+def resolve_config(cfg: NetConfig) -> NetConfig:
+    """``cfg`` with every param spelled out (defaults filled in), after checking names and types."""
+    entry = _entry(cfg.name)
+    unknown = sorted(set(cfg.params) - set(entry.defaults))
+    if unknown:
+        takes = ", ".join(sorted(entry.defaults)) or "no params"
+        raise GTVError(f"network {cfg.name!r} has no param {', '.join(map(repr, unknown))}; it takes: {takes}")
+    for key, value in cfg.params.items():
+        if not _same_type(entry.defaults[key], value):
+            raise GTVError(
+                f"network {cfg.name!r} param {key!r} must be {type(entry.defaults[key]).__name__}, got {value!r}"
+            )
+    return NetConfig(cfg.name, cfg.in_channels, cfg.out_channels, {**entry.defaults, **cfg.params})
+
+
+def _same_type(default: Any, value: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def build_network(cfg: NetConfig) -> nn.Module:
+    """Build the network ``cfg`` names, in training mode with fresh weights.
+
+    Raises:
+        GTVError: unknown name, unknown param, a param of the wrong type, or values the network
+            rejects (e.g. a ``strides`` list that does not fit ``channels``).
+    """
+    full = resolve_config(cfg)
+    try:
+        return _entry(cfg.name).builder(full)
+    except (TypeError, ValueError) as exc:
+        raise GTVError(f"cannot build network {cfg.name!r} with params {full.params}: {exc}") from exc
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements (all, or only those with ``requires_grad``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
