@@ -1,0 +1,466 @@
+"""One invertible CT preprocessing pipeline: reorient, body crop, window, resize; and its inverse.
+
+Forward (``prepare``), on the input array indexed ``(z, y, x)``:
+
+1. reorient to LPS (array axes ``(S, P, L)``), a pure transpose/flip, as SimpleITK's
+   ``DICOMOrient(img, "LPS")`` does, so array axis 0 is the axial slice axis whatever the direction;
+2. body mask: HU threshold, in-plane erosion, largest 3D component, dilate back, fill holes;
+3. in-plane bounding box of the body over all slices, plus a margin, clipped to the slice;
+4. crop, window to ``[lo, hi]`` and scale to ``[0, 1]`` float32;
+5. ``mode="resize"``: pad the box to a square with air (0) and resize to ``(size, size)``;
+   ``mode="spacing"``: resample to ``target_spacing_mm`` in-plane, then pad to a multiple of
+   ``divisor``.
+
+Every step is recorded in a ``PrepState``; ``restore`` walks it backwards onto the input grid.
+The spec is a dataclass stored in the model bundle, so inference preprocesses exactly as training did.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from .errors import GTVError
+from .image import Image
+
+SOFT_TISSUE_WINDOW = (-150.0, 200.0)
+LUNG_WINDOW = (-800.0, 400.0)
+MODES = ("resize", "spacing")
+
+# The body mask only feeds a bounding box that gets a 10 mm margin, so it is computed on a grid of
+# about this pixel size: full-resolution morphology on 512 x 512 x 60 takes ~3 s of CPU.
+_BODY_GRID_MM = 1.5
+
+
+@dataclass
+class PreprocessSpec:
+    """How CT slices become network input. Stored in the model bundle (``to_dict``).
+
+    Args:
+        window: ``(lo, hi)`` HU mapped to ``[0, 1]``; lung tumours use ``LUNG_WINDOW``.
+        body_threshold_hu: voxels above this are body candidates.
+        body_erosion_mm: in-plane erosion that cuts the couch and thin bridges off the body.
+        margin_mm: added around the body's bounding box.
+        mode: ``"resize"`` to ``(size, size)`` or ``"spacing"`` to ``target_spacing_mm``.
+        size: output side in ``"resize"`` mode; a multiple of ``divisor``.
+        target_spacing_mm: in-plane pixel size in ``"spacing"`` mode.
+        keep_aspect: in ``"resize"`` mode, pad the box to a square first so anatomy keeps its shape.
+        divisor: the networks downsample this much; model-space sides are multiples of it.
+    """
+
+    window: tuple[float, float] = SOFT_TISSUE_WINDOW
+    body_threshold_hu: float = -500.0
+    body_erosion_mm: float = 3.0
+    margin_mm: float = 10.0
+    mode: str = "resize"
+    size: int = 512
+    target_spacing_mm: float | None = None
+    keep_aspect: bool = True
+    divisor: int = 32
+
+    def validate(self) -> "PreprocessSpec":
+        """Raise ``GTVError`` naming the first bad field; return self for chaining."""
+        try:
+            lo, hi = (float(v) for v in self.window)
+        except (TypeError, ValueError):
+            raise GTVError(f"preprocessing window must be two numbers (lo, hi), got {self.window!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise GTVError(f"preprocessing window needs finite lo < hi, got {self.window!r}")
+        for name in ("body_threshold_hu", "body_erosion_mm", "margin_mm"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise GTVError(f"preprocessing {name} must be a finite number, got {v!r}")
+        if self.body_erosion_mm < 0 or self.margin_mm < 0:
+            raise GTVError("preprocessing body_erosion_mm and margin_mm must be >= 0")
+        if self.mode not in MODES:
+            raise GTVError(f"preprocessing mode must be one of {MODES}, got {self.mode!r}")
+        if isinstance(self.divisor, bool) or not isinstance(self.divisor, int) or self.divisor < 1:
+            raise GTVError(f"preprocessing divisor must be a positive integer, got {self.divisor!r}")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise GTVError(f"preprocessing size must be a positive integer, got {self.size!r}")
+        if self.mode == "resize" and self.size % self.divisor:
+            raise GTVError(f"preprocessing size {self.size} is not a multiple of {self.divisor}")
+        if self.mode == "spacing":
+            t = self.target_spacing_mm
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+                raise GTVError(f"mode 'spacing' needs target_spacing_mm > 0, got {t!r}")
+        if not isinstance(self.keep_aspect, bool):
+            raise GTVError(f"preprocessing keep_aspect must be true or false, got {self.keep_aspect!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (the window becomes a list)."""
+        d = asdict(self)
+        d["window"] = [float(v) for v in self.window]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        """Inverse of ``to_dict``; unknown keys are an error (a bundle from another version)."""
+        if not isinstance(d, dict):
+            raise GTVError(f"preprocessing spec must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise GTVError(f"unknown preprocessing spec key(s): {', '.join(unknown)}")
+        d = dict(d)
+        if "window" in d:
+            try:
+                d["window"] = tuple(float(v) for v in d["window"])
+            except (TypeError, ValueError):
+                raise GTVError(f"preprocessing window must be two numbers, got {d['window']!r}") from None
+            if len(d["window"]) != 2:
+                raise GTVError(f"preprocessing window must be two numbers, got {d['window']!r}")
+        return cls(**d).validate()
+
+
+@dataclass(frozen=True)
+class PrepState:
+    """Everything ``restore`` needs to put model-space slices back on the input grid.
+
+    "LPS array" is the input array after reorientation, indexed ``(S, P, L)``.
+
+    Attributes:
+        spec: the spec used.
+        shape, spacing, origin, direction: the input image's grid (array ``(z, y, x)``, geometry
+            ``(x, y, z)`` as in ``Image``).
+        axes: ``np.transpose`` axes taking the input array to the LPS array's axis order.
+        flips: LPS array axes (0, 1, 2) reversed after the transpose.
+        lps_shape: ``(Z, Y, X)`` of the LPS array; ``Z`` is the number of model slices.
+        lps_spacing: ``(sx, sy, sz)`` mm of the LPS array.
+        crop: ``(y0, y1, x0, x1)`` half-open box in the LPS array's in-plane axes.
+        body_found: False when no body was found and the box is the whole slice.
+        pad_square: ``(top, bottom, left, right)`` air added to the crop before resizing.
+        resized: ``(h, w)`` after resizing.
+        pad_out: ``(top, bottom, left, right)`` added after resizing (``"spacing"`` mode).
+    """
+
+    spec: PreprocessSpec
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    lps_shape: tuple[int, int, int]
+    lps_spacing: tuple[float, float, float]
+    crop: tuple[int, int, int, int]
+    body_found: bool
+    pad_square: tuple[int, int, int, int]
+    resized: tuple[int, int]
+    pad_out: tuple[int, int, int, int]
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """``(Z, H, W)`` of the model-space stack."""
+        t, b, l, r = self.pad_out
+        return (self.lps_shape[0], self.resized[0] + t + b, self.resized[1] + l + r)
+
+    @property
+    def model_spacing(self) -> tuple[float, float, float]:
+        """``(sx, sy, sz)`` mm of a model-space pixel (slices keep their spacing)."""
+        y0, y1, x0, x1 = self.crop
+        t, b, l, r = self.pad_square
+        sx, sy, sz = self.lps_spacing
+        return ((x1 - x0 + l + r) * sx / self.resized[1], (y1 - y0 + t + b) * sy / self.resized[0], sz)
+
+    @property
+    def slice_axis(self) -> int:
+        """The input array axis that holds the axial slices (0 for an axially acquired series)."""
+        return self.axes[0]
+
+    @property
+    def original_slice_index(self) -> np.ndarray:
+        """``(Z,)`` int: model slice ``k`` is input index ``original_slice_index[k]`` along ``slice_axis``.
+
+        Model slices run inferior to superior; a series stored superior first comes out reversed.
+        """
+        n = self.lps_shape[0]
+        idx = np.arange(n)
+        return idx[::-1].copy() if self.flips[0] else idx
+
+
+# ---------------------------------------------------------------- orientation
+
+
+def lps_axes(direction) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """Transpose axes and flips that take an array ``(z, y, x)`` with this direction to LPS.
+
+    Each physical axis (L, P, S) takes the index axis whose direction column points most along it
+    (largest |cosine| first, so oblique grids get the nearest orientation, as ``DICOMOrient`` does).
+
+    Returns:
+        ``axes`` for ``np.transpose`` (result axes ``(S, P, L)``) and ``flips`` of result axes.
+    """
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    col_of = [-1, -1, -1]  # physical axis -> index axis (0 = i/x, 1 = j/y, 2 = k/z)
+    used_cols: set[int] = set()
+    for flat in np.argsort(-np.abs(d), axis=None, kind="stable"):
+        r, c = divmod(int(flat), 3)
+        if col_of[r] < 0 and c not in used_cols:
+            col_of[r] = c
+            used_cols.add(c)
+    # result array axis a holds physical axis 2 - a; index axis c is array axis 2 - c
+    axes = tuple(2 - col_of[2 - a] for a in range(3))
+    flips = tuple(bool(d[2 - a, col_of[2 - a]] < 0) for a in range(3))
+    return axes, flips
+
+
+def reorient_to_lps(array: np.ndarray, direction) -> np.ndarray:
+    """The array as SimpleITK's ``DICOMOrient(img, "LPS")`` would hold it: axes ``(S, P, L)``, a view."""
+    return _to_lps(np.asarray(array), *lps_axes(direction))
+
+
+def _to_lps(array: np.ndarray, axes, flips) -> np.ndarray:
+    out = np.transpose(array, axes)
+    flip_axes = tuple(a for a in range(3) if flips[a])
+    return np.flip(out, flip_axes) if flip_axes else out
+
+
+def _from_lps(array: np.ndarray, axes, flips) -> np.ndarray:
+    flip_axes = tuple(a for a in range(3) if flips[a])
+    out = np.flip(array, flip_axes) if flip_axes else array
+    return np.ascontiguousarray(np.transpose(out, np.argsort(axes)))
+
+
+# ---------------------------------------------------------------- body
+
+
+def _disk(ry: int, rx: int) -> np.ndarray:
+    yy, xx = np.mgrid[-ry : ry + 1, -rx : rx + 1]
+    return ((yy / max(ry, 0.5)) ** 2 + (xx / max(rx, 0.5)) ** 2 <= 1.0)[None]
+
+
+def body_mask(array: np.ndarray, spacing_xy: tuple[float, float], threshold_hu: float, erosion_mm: float) -> np.ndarray:
+    """Patient body on an axial stack.
+
+    Args:
+        array: ``(Z, Y, X)`` HU, axial slices on axis 0.
+        spacing_xy: in-plane ``(sx, sy)`` mm.
+        threshold_hu: voxels above it are candidates.
+        erosion_mm: in-plane erosion radius that separates the couch and thin bridges before the
+            largest 3D connected component is kept; the component is then dilated back within the
+            thresholded voxels and its in-plane holes (lungs, bowel gas) filled.
+
+    Returns:
+        ``(Z, Y, X)`` bool; all False when nothing is above the threshold.
+    """
+    candidates = array > threshold_hu
+    ry = int(round(erosion_mm / spacing_xy[1]))
+    rx = int(round(erosion_mm / spacing_xy[0]))
+    disk = _disk(ry, rx) if (ry or rx) else None
+    seed = ndi.binary_erosion(candidates, disk) if disk is not None else candidates
+    if not seed.any():  # a body thinner than the erosion: keep it rather than lose it
+        seed, disk = candidates, None
+    labels, n = ndi.label(seed)
+    if n == 0:
+        return np.zeros(array.shape, bool)
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    body = labels == counts.argmax()
+    if disk is not None:
+        body = ndi.binary_dilation(body, disk) & candidates
+    return np.stack([ndi.binary_fill_holes(s) for s in body]) if body.size else body
+
+
+def _body_box(lps: np.ndarray, lps_spacing, spec: PreprocessSpec) -> tuple[tuple[int, int, int, int], bool]:
+    """``(y0, y1, x0, x1)`` half-open, with margin and clipped, and whether a body was found."""
+    _, ny, nx = lps.shape
+    sx, sy = lps_spacing[0], lps_spacing[1]
+    step = max(1, int(_BODY_GRID_MM / min(sx, sy)))
+    mask = body_mask(lps[:, ::step, ::step], (sx * step, sy * step), spec.body_threshold_hu, spec.body_erosion_mm)
+    rows = np.flatnonzero(mask.any(axis=(0, 2)))
+    cols = np.flatnonzero(mask.any(axis=(0, 1)))
+    if rows.size == 0:
+        return (0, ny, 0, nx), False
+    # a coarse pixel stands for `step` fine ones; cover all of them
+    my = int(math.ceil(spec.margin_mm / sy))
+    mx = int(math.ceil(spec.margin_mm / sx))
+    y0 = max(0, rows[0] * step - my)
+    y1 = min(ny, (rows[-1] + 1) * step + my)
+    x0 = max(0, cols[0] * step - mx)
+    x1 = min(nx, (cols[-1] + 1) * step + mx)
+    return (int(y0), int(y1), int(x0), int(x1)), True
+
+
+# ---------------------------------------------------------------- resampling
+
+
+def _resize(stack: np.ndarray, hw: tuple[int, int], order: str) -> np.ndarray:
+    """``(Z, h, w)`` float32 -> ``(Z, H, W)`` float32; half-pixel-aligned so the inverse lines up."""
+    if stack.shape[1:] == tuple(hw):
+        return stack
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    with torch.no_grad():
+        if order == "linear":
+            # antialias: a 512 -> 64 shrink would otherwise sample 2 of every 8 pixels
+            out = F.interpolate(t, size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
+        elif order == "nearest":
+            out = F.interpolate(t, size=tuple(hw), mode="nearest-exact")
+        else:
+            raise GTVError(f"interpolation order must be 'linear' or 'nearest', got {order!r}")
+    return out[:, 0].numpy()
+
+
+def _pad(stack: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
+    t, b, l, r = pad
+    if not any(pad):
+        return stack
+    return np.pad(stack, ((0, 0), (t, b), (l, r)))
+
+
+def _unpad(stack: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
+    t, b, l, r = pad
+    return stack[:, t : stack.shape[1] - b, l : stack.shape[2] - r]
+
+
+def _split(total: int) -> tuple[int, int]:
+    return total // 2, total - total // 2
+
+
+def _layout(h: int, w: int, lps_spacing, spec: PreprocessSpec):
+    """Padding before resize, resized shape and padding after, for an ``h x w`` crop."""
+    if spec.mode == "resize":
+        if spec.keep_aspect:
+            side = max(h, w)
+            pad_square = (*_split(side - h), *_split(side - w))
+        else:
+            pad_square = (0, 0, 0, 0)
+        return pad_square, (spec.size, spec.size), (0, 0, 0, 0)
+    sx, sy = lps_spacing[0], lps_spacing[1]
+    rh = max(1, int(round(h * sy / spec.target_spacing_mm)))
+    rw = max(1, int(round(w * sx / spec.target_spacing_mm)))
+    k = spec.divisor
+    pad_out = (*_split(-rh % k), *_split(-rw % k))
+    return (0, 0, 0, 0), (rh, rw), pad_out
+
+
+# ---------------------------------------------------------------- public pipeline
+
+
+def apply_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """HU -> float32 in ``[0, 1]``: ``lo`` and below give 0, ``hi`` and above give 1."""
+    lo, hi = float(window[0]), float(window[1])
+    out = (np.asarray(array, dtype=np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def prepare(image: Image, spec: PreprocessSpec) -> tuple[np.ndarray, PrepState]:
+    """CT -> model-space axial slices.
+
+    Args:
+        image: CT in HU, any integer or float pixel type, any axis-aligned or oblique direction.
+        spec: the preprocessing spec (from the model bundle).
+
+    Returns:
+        ``(Z, H, W)`` float32 in ``[0, 1]``, slices inferior to superior, and the ``PrepState``.
+    """
+    spec.validate()
+    array = np.asarray(image.array)
+    if array.ndim != 3 or min(array.shape) < 1:
+        raise GTVError(f"expected a 3D image with at least one voxel per axis, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise GTVError(f"CT pixel type {array.dtype} is not a real number type")
+    axes, flips = lps_axes(image.direction)
+    lps = _to_lps(array, axes, flips)
+    lps_spacing = tuple(float(image.spacing[2 - axes[2 - c]]) for c in range(3))
+    crop, found = _body_box(lps, lps_spacing, spec)
+    y0, y1, x0, x1 = crop
+    pad_square, resized, pad_out = _layout(y1 - y0, x1 - x0, lps_spacing, spec)
+    state = PrepState(
+        spec=replace(spec),  # a copy: the caller may go on changing theirs
+        shape=tuple(int(v) for v in array.shape),
+        spacing=tuple(float(v) for v in image.spacing),
+        origin=tuple(float(v) for v in image.origin),
+        direction=tuple(float(v) for v in image.direction),
+        axes=axes,
+        flips=flips,
+        lps_shape=tuple(int(v) for v in lps.shape),
+        lps_spacing=lps_spacing,
+        crop=crop,
+        body_found=found,
+        pad_square=pad_square,
+        resized=resized,
+        pad_out=pad_out,
+    )
+    stack = _forward(apply_window(lps[:, y0:y1, x0:x1], spec.window), state, "linear")
+    # the antialiasing filter's weights sum to 1 only up to rounding: 1.0000001 would break [0, 1]
+    return np.clip(stack, 0.0, 1.0, out=stack), state
+
+
+def _forward(stack: np.ndarray, state: PrepState, order: str) -> np.ndarray:
+    stack = _pad(stack, state.pad_square)  # 0 is air after windowing
+    stack = _resize(stack, state.resized, order)
+    return np.ascontiguousarray(_pad(stack, state.pad_out))
+
+
+def _check_shape(array: np.ndarray, expected, what: str) -> None:
+    if tuple(array.shape) != tuple(expected):
+        raise GTVError(f"{what} has shape {tuple(array.shape)}, expected {tuple(expected)}")
+
+
+def to_model_space(mask: np.ndarray, state: PrepState) -> np.ndarray:
+    """A binary mask on the input grid -> ``(Z, H, W)`` uint8 on the model grid (training labels).
+
+    Any nonzero voxel is foreground. Resampled as a coverage fraction (antialiased bilinear, which
+    beat box averaging and plain bilinear on small tumours) and kept where at least half covered,
+    so ``restore`` followed by a 0.5 threshold gives the mask back.
+    Foreground outside the body crop box is dropped.
+    """
+    mask = np.asarray(mask)
+    _check_shape(mask, state.shape, "mask")
+    lps = _to_lps(mask, state.axes, state.flips)
+    y0, y1, x0, x1 = state.crop
+    stack = (lps[:, y0:y1, x0:x1] != 0).astype(np.float32)
+    return (_forward(stack, state, "linear") >= 0.5).astype(np.uint8)
+
+
+def restore(model_space: np.ndarray, state: PrepState, order: str = "linear") -> np.ndarray:
+    """Model-space slices -> an array on the input grid, shape and axis order of ``image.array``.
+
+    Args:
+        model_space: ``(Z, H, W)`` probabilities (float) or a mask (uint8/bool).
+        state: from ``prepare``.
+        order: ``"linear"`` (probabilities; returns float32, threshold at 0.5) or ``"nearest"``
+            (labels; returns the input dtype).
+
+    Returns:
+        ``state.shape`` array; zero outside the crop box.
+    """
+    if order not in ("linear", "nearest"):
+        raise GTVError(f"interpolation order must be 'linear' or 'nearest', got {order!r}")
+    model_space = np.asarray(model_space)
+    _check_shape(model_space, state.model_shape, "model-space array")
+    out_dtype = np.float32 if order == "linear" else model_space.dtype
+    y0, y1, x0, x1 = state.crop
+    t, b, l, r = state.pad_square
+    stack = _unpad(model_space, state.pad_out).astype(np.float32, copy=False)
+    stack = _resize(stack, (y1 - y0 + t + b, x1 - x0 + l + r), order)
+    full = np.zeros(state.lps_shape, dtype=out_dtype)
+    full[:, y0:y1, x0:x1] = _unpad(stack, state.pad_square)
+    return _from_lps(full, state.axes, state.flips)
+
+
+def restore_slice_values(values: np.ndarray, state: PrepState) -> np.ndarray:
+    """Per-model-slice values (e.g. classifier probabilities) -> the input's slice order.
+
+    Only defined when the input's array axis 0 is the axial axis (``state.slice_axis == 0``), which
+    is the case for axially acquired CT; otherwise axis 0 slices are not model slices and this raises
+    ``GTVError`` (use ``restore`` on a per-voxel map instead).
+
+    Returns:
+        ``(shape[0],)``: entry ``i`` belongs to ``image.array[i]``.
+    """
+    values = np.asarray(values)
+    if state.slice_axis != 0:
+        raise GTVError("the image's slices are not axial (array axis 0 is not superior-inferior); "
+                       "per-slice values cannot be mapped to them")
+    _check_shape(values, (state.lps_shape[0],), "per-slice values")
+    out = np.empty_like(values)
+    out[state.original_slice_index] = values
+    return out
