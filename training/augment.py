@@ -1,0 +1,118 @@
+"""Batch augmentation in torch, the paper's list: rotation, zoom, vertical flip, elastic distortion,
+Gaussian noise, random erasing.
+
+It runs on whatever device the batch is on (the GPU when there is one), with one ``grid_sample`` per
+batch for all the geometric parts together, and per-sample random draws from a seeded generator.
+Only training batches pass through it; validation and test never do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    """Probabilities (per slice) and ranges.
+
+    Args:
+        enabled: False turns every augmentation off.
+        p_rotate / max_rotate_deg: in-plane rotation, uniform in ``+-max_rotate_deg``.
+        p_zoom / zoom_range: isotropic scale factor, uniform in the range (> 1 zooms in).
+        p_vflip: flip up-down (anterior-posterior).
+        p_elastic / elastic_strength / elastic_grid: a smooth random displacement, its standard
+            deviation a fraction of the slice side (0.02 = 2 %), interpolated (bicubic) from a
+            ``elastic_grid`` x ``elastic_grid`` grid of random vectors.
+        p_noise / noise_std: Gaussian noise on the [0, 1] windowed image.
+        p_erase / erase_area: one rectangle filled with uniform noise, its area a fraction of the
+            slice drawn from the range (the image only; the label keeps the tumour, so the network
+            learns to use context).
+    """
+
+    enabled: bool = True
+    p_rotate: float = 0.5
+    max_rotate_deg: float = 15.0
+    p_zoom: float = 0.5
+    zoom_range: tuple[float, float] = (0.85, 1.15)
+    p_vflip: float = 0.5
+    p_elastic: float = 0.3
+    elastic_strength: float = 0.02
+    elastic_grid: int = 6
+    p_noise: float = 0.3
+    noise_std: float = 0.03
+    p_erase: float = 0.25
+    erase_area: tuple[float, float] = (0.02, 0.1)
+
+
+def _coin(p: float, n: int, gen: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=device) < p
+
+
+def _uniform(lo: float, hi: float, n: int, gen: torch.Generator, device) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+
+
+def augment_batch(x: torch.Tensor, y: torch.Tensor | None, cfg: AugmentConfig,
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Augment one training batch.
+
+    Args:
+        x: ``(B, 1, H, W)`` float images in ``[0, 1]``.
+        y: ``(B, H, W)`` integer masks, or None (classifier batches, whose label is per slice).
+        cfg: what to apply.
+        gen: random generator on ``x``'s device (seeded by the caller).
+
+    Returns:
+        ``(x, y)`` of the same shapes and dtypes; masks stay integer (nearest sampling).
+    """
+    if not cfg.enabled:
+        return x, y
+    b, _, h, w = x.shape
+    dev = x.device
+    one = torch.ones(b, device=dev)
+    angle = torch.where(_coin(cfg.p_rotate, b, gen, dev),
+                        _uniform(-cfg.max_rotate_deg, cfg.max_rotate_deg, b, gen, dev), 0 * one) * (math.pi / 180)
+    zoom = torch.where(_coin(cfg.p_zoom, b, gen, dev), _uniform(*cfg.zoom_range, b, gen, dev), one)
+    flip = torch.where(_coin(cfg.p_vflip, b, gen, dev), -one, one)
+    # The affine maps output to input coordinates in [-1, 1]; zoom > 1 samples a smaller region.
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin * flip, 0 * one], 1),
+                         torch.stack([sin, cos * flip, 0 * one], 1)], 1)
+    grid = F.affine_grid(theta, (b, 1, h, w), align_corners=False)
+
+    elastic = _coin(cfg.p_elastic, b, gen, dev)
+    if elastic.any():
+        k = cfg.elastic_grid
+        coarse = torch.randn(b, 2, k, k, generator=gen, device=dev) * (2.0 * cfg.elastic_strength)
+        field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+        grid = grid + (field * elastic[:, None, None, None]).permute(0, 2, 3, 1)
+
+    x_dtype = x.dtype
+    x = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if y is not None:
+        y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                          align_corners=False)[:, 0].to(y.dtype)
+
+    noisy = _coin(cfg.p_noise, b, gen, dev)
+    if noisy.any():
+        x = x + torch.randn(x.shape, generator=gen, device=dev) * (cfg.noise_std * noisy[:, None, None, None])
+
+    erase = _coin(cfg.p_erase, b, gen, dev)
+    if erase.any():
+        area = _uniform(*cfg.erase_area, b, gen, dev) * h * w
+        aspect = torch.exp(_uniform(math.log(0.5), math.log(2.0), b, gen, dev))
+        eh = (area * aspect).sqrt().clamp(1, h)
+        ew = (area / aspect).sqrt().clamp(1, w)
+        y0 = torch.rand(b, generator=gen, device=dev) * (h - eh)
+        x0 = torch.rand(b, generator=gen, device=dev) * (w - ew)
+        rows = torch.arange(h, device=dev)[None, :, None]
+        cols = torch.arange(w, device=dev)[None, None, :]
+        box = ((rows >= y0[:, None, None]) & (rows < (y0 + eh)[:, None, None])
+               & (cols >= x0[:, None, None]) & (cols < (x0 + ew)[:, None, None]) & erase[:, None, None])
+        fill = torch.rand(x.shape, generator=gen, device=dev)
+        x = torch.where(box[:, None], fill, x)
+    return x.clamp_(0.0, 1.0).to(x_dtype), y

@@ -1,0 +1,170 @@
+"""Training configuration: dataclasses read from a JSON file, overridable from the command line.
+
+What is trained follows from the network's registered kind (classifier or segmenter), never from
+its name. A config file names only what differs from the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from GTVAutoSegLib.errors import GTVError
+from GTVAutoSegLib.losses import LossConfig
+from GTVAutoSegLib.models import NetConfig, network_kind
+from GTVAutoSegLib.preprocessing import PreprocessSpec
+from GTVAutoSegLib.sampling import parse_ratio
+
+from .augment import AugmentConfig
+from .data import DataConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with cosine annealing and warm restarts, as the paper trains both networks.
+
+    Args:
+        lr / weight_decay: AdamW.
+        restart_epochs: ``T_0`` of ``CosineAnnealingWarmRestarts`` in epochs; the schedule is
+            stepped every iteration with a fractional epoch, so it is smooth whatever the epoch size.
+        restart_mult: ``T_mult``.
+        min_lr: ``eta_min``.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    restart_epochs: int = 20
+    restart_mult: int = 1
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Args:
+        network: what to train; its registered kind decides classifier vs segmenter training.
+        loss: segmenter loss (CR by default); a classifier always trains with cross-entropy and
+            uses only ``loss.class_weights``.
+        balance: BSS tumour:normal ratio of the slices drawn each epoch (``"1:1"``, ``"original"``...).
+        data / preprocess / optim / augment: see their classes.
+        batch_size: slices per step per process.
+        max_epochs: upper bound on epochs.
+        patience: stop after this many validations without improvement (0 disables early stopping).
+        max_slices_per_epoch: cap on the slices drawn per epoch (after BSS; a random subset), for
+            fitting a CPU budget; None draws them all.
+        time_budget_min: wall-clock budget of the whole run in minutes; the run stops within it,
+            validating and saving what it has (None: no budget).
+        recall_target: the classifier's operating threshold is the highest one keeping validation
+            slice recall at or above this.
+        val_batch_size: slices per forward pass in validation.
+        seed: all randomness (init, BSS draws, shuffling, augmentation).
+        device: ``auto`` / ``cpu`` / ``cuda``.
+        amp: bf16 autocast and channels_last on CUDA (ignored on the CPU).
+        preload_to_device: keep the slice table on the GPU (fast batches; needs the memory).
+        out_dir: where checkpoints, the CSV log and the curves go.
+    """
+
+    network: NetConfig = field(default_factory=lambda: NetConfig("sanet"))
+    loss: LossConfig = field(default_factory=LossConfig)
+    balance: str = "1:1"
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessSpec = field(default_factory=lambda: PreprocessSpec(size=128))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    batch_size: int = 16
+    max_epochs: int = 100
+    patience: int = 15
+    max_slices_per_epoch: int | None = None
+    time_budget_min: float | None = None
+    recall_target: float = 0.95
+    val_batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    preload_to_device: bool = True
+    out_dir: str = "training/runs/run"
+
+    @property
+    def kind(self) -> str:
+        return network_kind(self.network.name)
+
+    def validate(self) -> "TrainConfig":
+        self.kind  # unknown network names fail here, before any data is read
+        parse_ratio(self.balance)
+        self.preprocess.validate()
+        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 0:
+            raise GTVError("batch_size and max_epochs must be >= 1, patience >= 0")
+        if not 0.0 < self.recall_target <= 1.0:
+            raise GTVError(f"recall_target must lie in (0, 1], got {self.recall_target}")
+        if self.kind == "classifier" and self.loss.name not in ("ce", "cr"):
+            raise GTVError(f"a classifier trains with cross-entropy; loss {self.loss.name!r} does not apply")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["network"] = self.network.to_dict()
+        d["preprocess"] = self.preprocess.to_dict()
+        return json.loads(json.dumps(d))
+
+
+def _from_dict(cls, data: Any, where: str):
+    """Build dataclass ``cls`` from a dict, refusing unknown keys (a typo would otherwise be ignored)."""
+    if cls is NetConfig:
+        return NetConfig.from_dict(data)
+    if cls is PreprocessSpec:
+        return PreprocessSpec.from_dict(data)
+    if not isinstance(data, dict):
+        raise GTVError(f"config {where or 'root'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise GTVError(f"unknown config key(s) in {where or 'root'}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            value = _from_dict(hint, value, f"{where}.{key}".lstrip("."))
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults <- the JSON file <- ``key.sub=value`` overrides (values parsed as JSON when they can be)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise GTVError(f"config file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise GTVError(f"{path} is not valid JSON: {exc}") from None
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise GTVError(f"override {item!r} must look like key.sub=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise GTVError(f"override {item!r}: {p} is not a section")
+        node[leaf] = value
+    return _from_dict(TrainConfig, data, "").validate()
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of :meth:`TrainConfig.to_dict` (used to resume and to build bundles)."""
+    return _from_dict(TrainConfig, data, "").validate()

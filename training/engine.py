@@ -1,0 +1,213 @@
+"""The pieces of a training epoch: batches from the slice table, one optimisation step, epoch
+sampling with BSS, and the validation of each network kind.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from GTVAutoSegLib.sampling import balance_indices
+
+from .data import SliceTable
+
+
+class SliceSource:
+    """A slice table as torch tensors, ready to gather batches from.
+
+    On CUDA with ``preload`` the whole table (float16) is moved to the GPU once, so a batch is one
+    ``index_select`` there; otherwise batches are gathered on the CPU (pinned) and copied over.
+    """
+
+    def __init__(self, table: SliceTable, device: torch.device, preload: bool = True):
+        self.device = device
+        home = device if (preload and device.type == "cuda") else torch.device("cpu")
+        self.images = torch.from_numpy(table.images).to(home)
+        self.masks = torch.from_numpy(table.masks).to(home)
+        self.flags = torch.from_numpy(table.tumour.astype(np.int64)).to(home)
+        self.pin = home.type == "cpu" and device.type == "cuda"
+
+    def batch(self, rows: np.ndarray, memory_format=torch.contiguous_format):
+        """``(x (B, 1, H, W) float32, y (B, H, W) int64, flag (B,) int64)`` on the device."""
+        idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self.images.device)
+        parts = [self.images.index_select(0, idx), self.masks.index_select(0, idx), self.flags.index_select(0, idx)]
+        if self.pin:
+            parts = [p.pin_memory() for p in parts]
+        x, y, flag = (p.to(self.device, non_blocking=True) for p in parts)
+        x = x[:, None].float().contiguous(memory_format=memory_format)
+        return x, y.long(), flag
+
+
+def epoch_rows(tumour: np.ndarray, ratio: str, seed: int, epoch: int, cap: int | None) -> np.ndarray:
+    """This epoch's training rows: BSS draw (a fresh set of normal slices each epoch), shuffled,
+    then capped at ``cap`` (a random subset, so the ratio holds in expectation)."""
+    rows = balance_indices(tumour, ratio, seed=seed * 100_003 + epoch)
+    rows = np.random.default_rng([seed, epoch]).permutation(rows)
+    return rows[:cap] if cap is not None else rows
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA (no loss scaling needed), nothing on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else nullcontext()
+
+
+def _split_output(out):
+    # sanet_mtl returns (segmentation, slice classification)
+    return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+
+
+class StepLoss(nn.Module):
+    """The training loss of either kind of network.
+
+    Classifier: cross-entropy of ``(B, 2)`` logits against the slice flag. Segmenter: the configured
+    loss on ``(B, 2, H, W)`` logits; a multi-task segmenter adds cross-entropy on its slice head.
+    """
+
+    def __init__(self, kind: str, seg_loss: nn.Module | None, class_weights=None):
+        super().__init__()
+        self.kind = kind
+        self.seg_loss = seg_loss
+        w = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("weight", w)
+
+    def forward(self, out, y: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
+        if self.kind == "classifier":
+            return F.cross_entropy(out.float(), flag, weight=self.weight)
+        seg, cls = _split_output(out)
+        loss = self.seg_loss(seg, y)
+        if cls is not None:
+            loss = loss + F.cross_entropy(cls.float(), flag)
+        return loss
+
+
+def train_step(model: nn.Module, loss_fn: StepLoss, optimizer: torch.optim.Optimizer, x, y, flag,
+               autocast) -> torch.Tensor:
+    """One optimisation step; returns the detached loss (no host sync)."""
+    with autocast:
+        out = model(x)
+    loss = loss_fn(out, y, flag)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+@torch.no_grad()
+def _forward_rows(model, source: SliceSource, rows: np.ndarray, batch: int, autocast, memory_format):
+    for start in range(0, rows.size, batch):
+        part = rows[start:start + batch]
+        x, y, flag = source.batch(part, memory_format)
+        with autocast:
+            out = model(x)
+        yield part, out, y, flag
+
+
+def operating_threshold(probs: np.ndarray, labels: np.ndarray, recall_target: float) -> float:
+    """The highest threshold ``t`` with recall of ``probs >= t`` at least ``recall_target``.
+
+    With ``n`` positive slices, recall >= target needs the ``ceil(target * n)`` most probable
+    positives above ``t``, so ``t`` is that positive's probability. No positives: 0.5.
+    """
+    pos = np.sort(np.asarray(probs, dtype=np.float64)[np.asarray(labels, bool)])[::-1]
+    if pos.size == 0:
+        return 0.5
+    k = max(1, math.ceil(recall_target * pos.size - 1e-9))
+    return float(pos[k - 1])
+
+
+def _auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve by the rank statistic (ties count half)."""
+    labels = np.asarray(labels, bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    from scipy.stats import rankdata
+
+    ranks = rankdata(probs)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@dataclass
+class Validation:
+    """Metrics of one validation pass and the selection score (higher is better, compared as a tuple)."""
+
+    metrics: dict[str, float]
+    score: tuple[float, ...]
+
+
+def validate_classifier(model, source: SliceSource, table: SliceTable, batch: int, recall_target: float,
+                        autocast, memory_format=torch.contiguous_format) -> Validation:
+    """Every validation slice through the classifier.
+
+    The operating threshold is picked here (highest keeping recall >= target), so recall there is
+    the target by construction; the score is ``(min(recall, target), precision)``: among epochs that
+    reach the target recall, the most precise one wins.
+    """
+    model.eval()
+    rows = np.arange(len(table))
+    probs = np.zeros(rows.size, np.float32)
+    loss_sum = 0.0
+    for part, out, _, flag in _forward_rows(model, source, rows, batch, autocast, memory_format):
+        logits = out.float()
+        loss_sum += float(F.cross_entropy(logits, flag, reduction="sum"))
+        probs[part] = torch.softmax(logits, 1)[:, 1].cpu().numpy()
+    labels = table.tumour
+    thr = operating_threshold(probs, labels, recall_target)
+    sel = probs >= thr
+    tp, fp = int((sel & labels).sum()), int((sel & ~labels).sum())
+    recall = tp / max(int(labels.sum()), 1)
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    at_half = probs >= 0.5
+    metrics = {
+        "val_loss": loss_sum / max(rows.size, 1),
+        "val_threshold": thr,
+        "val_recall": recall,
+        "val_precision": precision,
+        "val_fp_slices_per_patient": fp / max(len(table.patients), 1),
+        "val_recall_at_0.5": float((at_half & labels).sum() / max(int(labels.sum()), 1)),
+        "val_auc": _auc(probs, labels),
+    }
+    return Validation(metrics, (min(recall, recall_target), precision))
+
+
+def validate_segmenter(model, source: SliceSource, table: SliceTable, batch: int, loss_fn: StepLoss,
+                       autocast, memory_format=torch.contiguous_format) -> Validation:
+    """The segmenter on the validation patients' tumour slices (what it sees behind the classifier).
+
+    Dice is pooled per patient over all its tumour slices (a 3D Dice on those slices), then
+    averaged over patients; ``val_dice_pooled`` pools every voxel of every patient. Score: mean Dice.
+    """
+    model.eval()
+    rows = np.flatnonzero(table.tumour)
+    n_pat = len(table.patients)
+    inter, p_sum, g_sum = np.zeros(n_pat), np.zeros(n_pat), np.zeros(n_pat)
+    loss_sum, n_batches = 0.0, 0
+    for part, out, y, flag in _forward_rows(model, source, rows, batch, autocast, memory_format):
+        seg, _ = _split_output(out)
+        loss_sum += float(loss_fn(out, y, flag))
+        n_batches += 1
+        pred = seg.float().argmax(1) == 1
+        ref = y == 1
+        pat = table.patient[part]
+        np.add.at(inter, pat, (pred & ref).sum((1, 2)).cpu().numpy())
+        np.add.at(p_sum, pat, pred.sum((1, 2)).cpu().numpy())
+        np.add.at(g_sum, pat, ref.sum((1, 2)).cpu().numpy())
+    has = g_sum > 0
+    dice = 2 * inter[has] / np.maximum(p_sum[has] + g_sum[has], 1)
+    metrics = {
+        "val_loss": loss_sum / max(n_batches, 1),
+        "val_dice": float(dice.mean()) if dice.size else math.nan,
+        "val_dice_median": float(np.median(dice)) if dice.size else math.nan,
+        "val_dice_pooled": float(2 * inter.sum() / max(p_sum.sum() + g_sum.sum(), 1)),
+        "val_patients": int(has.sum()),
+    }
+    return Validation(metrics, (metrics["val_dice"] if dice.size else 0.0,))

@@ -1,0 +1,152 @@
+"""Evaluate a bundle on a split's patients: the cascade, and the segmenter alone (every slice).
+
+    python -m training.evaluate --bundle training/runs/hcf.pt --split validation --out training/runs/eval_hcf
+
+Both arms run through the library's ``Segmenter`` exactly as inference does, on the original CT grid.
+Writes ``per_patient.csv`` (one row per patient and arm) and ``summary.md``; the difference between
+the arms is what the classifier adds. For a baseline segmenter bundle use ``--arms alone``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from GTVAutoSegLib.bundle import load_bundle
+from GTVAutoSegLib.errors import GTVError
+from GTVAutoSegLib.metrics import evaluate_case, false_positive_slices, slice_recall, summarise
+from GTVAutoSegLib.pipeline import Segmenter
+
+from .config import load_config
+from .data import CaseRef, load_case, openkbp_cases, split_cases
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = ("cascade", "alone")
+COLUMNS = ("patient", "arm", "dice", "jaccard", "hd95_mm", "fp_slices", "fn_slices", "ref_slices",
+           "volume_pred_cc", "volume_ref_cc", "classifier_recall", "classifier_fp_slices", "seconds")
+
+
+def evaluate_cases(bundle_path: str | Path, cases: list[CaseRef], arms=ARMS, device: str = "auto",
+                   progress: bool = True) -> list[dict]:
+    """One row per case and arm.
+
+    ``fp_slices`` / ``fn_slices`` count slices of the final mask with no reference tumour / reference
+    slices the mask misses; ``classifier_*`` score the classifier's slice selection (cascade arm only).
+    """
+    bundle = load_bundle(bundle_path)
+    segmenters = {arm: Segmenter(bundle, device, use_classifier=(arm == "cascade")) for arm in arms}
+    rows = []
+    iterator = cases
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc="evaluate", unit="patient", dynamic_ncols=True)
+    for case in iterator:
+        ct, ref = load_case(case)
+        for arm, seg in segmenters.items():
+            t = time.perf_counter()
+            with torch.inference_mode():
+                result = seg(ct)
+            m = evaluate_case(result.mask, ref)
+            row = {"patient": case.patient, "arm": arm, **{k: m[k] for k in COLUMNS if k in m}}
+            if arm == "cascade":
+                row["classifier_recall"] = slice_recall(result.selected, ref.array)
+                row["classifier_fp_slices"] = false_positive_slices(result.selected, ref.array)
+            else:
+                row["classifier_recall"] = row["classifier_fp_slices"] = math.nan
+            row["seconds"] = time.perf_counter() - t
+            rows.append(row)
+    return rows
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in COLUMNS})
+
+
+def summary_markdown(rows: list[dict], title: str, meta: dict) -> str:
+    """A table of mean / median per arm; infinite HD95 (an empty prediction) is counted, not averaged."""
+    lines = [f"# {title}", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items()]
+    lines += ["", "| arm | patients | Dice mean | Dice median | Jaccard mean | HD95 mm mean | HD95 mm median | "
+              "HD95 undefined | FP slices / patient | classifier recall | classifier FP slices / patient |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    stats_by_arm = {}
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        s = summarise([r for r in rows if r["arm"] == arm])
+        stats_by_arm[arm] = s
+        hd = s["hd95_mm"]
+        lines.append("| " + " | ".join([
+            arm, str(sum(r["arm"] == arm for r in rows)),
+            _f(s["dice"]["mean"]), _f(s["dice"]["median"]), _f(s["jaccard"]["mean"]),
+            _f(hd["mean"], 1), _f(hd["median"], 1), str(hd["n_inf"] + hd["n_nan"]),
+            _f(s["fp_slices"]["mean"], 2),
+            _f(s["classifier_recall"]["mean"]) if arm == "cascade" else "-",
+            _f(s["classifier_fp_slices"]["mean"], 2) if arm == "cascade" else "-",
+        ]) + " |")
+    lines += ["", "Dice and HD95 are 3D, per patient, on the CT's own grid. FP slices: slices of the final "
+              "mask without reference tumour. Classifier columns score the slices the classifier selected."]
+    return "\n".join(lines) + "\n"
+
+
+def _f(v: float, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--config", help="training config whose data section says where the data is (default: OpenKBP)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as in train")
+    p.add_argument("--split", default="validation",
+                   help="OpenKBP split folder to evaluate; 'config' takes the validation side of the config's split")
+    p.add_argument("--arms", default="cascade,alone", help="comma list of: cascade, alone")
+    p.add_argument("--max-patients", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="folder for per_patient.csv and summary.md")
+    args = p.parse_args(argv)
+    torch.set_flush_denormal(True)
+    try:
+        arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+        if not arms or set(arms) - set(ARMS):
+            raise GTVError(f"--arms takes a comma list of {', '.join(ARMS)}")
+        data = load_config(args.config, args.set).data
+        if data.layout == "openkbp" and args.split != "config":
+            root = Path(data.root) if Path(data.root).is_absolute() else ROOT / data.root
+            cases = openkbp_cases(root, args.split, data.target)
+        else:
+            cases = split_cases(data, ROOT)[1]
+        cases = cases[: args.max_patients] if args.max_patients else cases
+        t = time.perf_counter()
+        rows = evaluate_cases(args.bundle, cases, arms, args.device)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_rows(rows, out / "per_patient.csv")
+        bundle = load_bundle(args.bundle)
+        meta = {"bundle": f"{Path(args.bundle).name} ({bundle.name} {bundle.version})",
+                "segmenter": bundle.segmenter.name, "classifier": bundle.classifier.name,
+                "threshold": f"{bundle.threshold:.4f}", "data": f"{data.layout} {data.root} target {data.target}",
+                "split": args.split, "patients": len(cases), "device": args.device,
+                "seconds": f"{time.perf_counter() - t:.0f}"}
+        (out / "summary.md").write_text(summary_markdown(rows, "Evaluation", meta))
+        (out / "summary.json").write_text(json.dumps({arm: summarise([r for r in rows if r["arm"] == arm])
+                                                      for arm in arms}, indent=1, allow_nan=True))
+        print((out / "summary.md").read_text())
+    except GTVError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

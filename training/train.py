@@ -1,0 +1,390 @@
+"""Train the slice classifier or the segmenter of the cascade (or a baseline segmenter).
+
+    python -m training.train --config training/configs/classifier.json --out training/runs/cls
+    torchrun --nproc_per_node 4 -m training.train --config training/configs/sanet_cr.json
+
+The network's registered kind decides what is trained. Outputs in ``out_dir``: ``last.pt`` (resume
+point, every epoch), ``best.pt`` (best on validation), ``log.csv``, ``curves.png``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from GTVAutoSegLib.device import resolve_device
+from GTVAutoSegLib.errors import GTVError
+from GTVAutoSegLib.losses import build_loss
+from GTVAutoSegLib.models import build_network, count_parameters
+
+from . import distributed as D
+from .augment import augment_batch
+from .config import TrainConfig, config_from_dict, load_config
+from .data import SliceTable, build_slice_table, resolve_cache, split_cases
+from .engine import (SliceSource, StepLoss, Validation, autocast_for, epoch_rows, train_step,
+                     validate_classifier, validate_segmenter)
+from .history import plot_curves, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT_FORMAT = "gtvautoseg-train-checkpoint"
+BEST_FORMAT = "gtvautoseg-train-best"
+logger = logging.getLogger("training")
+
+
+def git_commit(root: Path = ROOT) -> str:
+    """``HEAD``'s hash, with ``+dirty`` when the tree has changes; ``unknown`` outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_tables(cfg: TrainConfig, world: D.World, root: Path = ROOT) -> tuple[SliceTable, SliceTable]:
+    """Training and validation slice tables; rank 0 fills the cache first, the others read it."""
+    train_cases, val_cases = split_cases(cfg.data, root)
+    cache = resolve_cache(cfg.data, root)
+    tables = None
+    if world.is_main:
+        tables = (build_slice_table(train_cases, cfg.preprocess, cache, progress=True),
+                  build_slice_table(val_cases, cfg.preprocess, cache, progress=True))
+    D.barrier(world)
+    if tables is None:
+        tables = (build_slice_table(train_cases, cfg.preprocess, cache), build_slice_table(val_cases, cfg.preprocess, cache))
+    return tables
+
+
+def _load(path: Path, fmt: str) -> dict:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise GTVError(f"{path} is not a training {fmt.rsplit('-', 1)[-1]} file")
+    return payload
+
+
+def load_best(path: str | Path) -> dict:
+    """A ``best.pt``: ``config`` (TrainConfig), ``model`` (state dict), ``metrics``, ``epoch``, ``run``."""
+    payload = _load(Path(path), BEST_FORMAT)
+    return {
+        "config": config_from_dict(json.loads(payload["config_json"])),
+        "model": payload["model"],
+        "metrics": json.loads(payload["metrics_json"]),
+        "epoch": int(payload["epoch"]),
+        "run": json.loads(payload["run_json"]),
+    }
+
+
+class Trainer:
+    """One run of :class:`TrainConfig` on given slice tables."""
+
+    def __init__(self, cfg: TrainConfig, train: SliceTable, val: SliceTable, world: D.World | None = None):
+        self.cfg = cfg
+        self.world = world or D.World()
+        self.kind = cfg.kind
+        self.device = D.device_for(self.world, resolve_device(cfg.device))
+        self.out = Path(cfg.out_dir)
+        if not self.out.is_absolute():
+            self.out = ROOT / self.out
+        self.train_table, self.val_table = train, val
+        if not train.tumour.any():
+            raise GTVError("the training patients have no tumour slices; check the target / label value")
+
+        torch.manual_seed(cfg.seed)
+        self.cuda = self.device.type == "cuda"
+        self.memory_format = torch.channels_last if (self.cuda and cfg.amp) else torch.contiguous_format
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+        net = build_network(cfg.network).to(self.device, memory_format=self.memory_format)
+        self.net = net
+        self.model: nn.Module = net
+        if self.world.distributed:
+            self.model = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.cuda else None)
+        seg_loss = build_loss(cfg.loss) if self.kind == "segmenter" else None
+        self.loss_fn = StepLoss(self.kind, seg_loss, cfg.loss.class_weights if self.kind == "classifier" else None).to(self.device)
+        self.optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            self.optimizer, T_0=cfg.optim.restart_epochs, T_mult=cfg.optim.restart_mult, eta_min=cfg.optim.min_lr)
+        self.autocast = autocast_for(self.device, cfg.amp)
+        self.train_src = SliceSource(train, self.device, cfg.preload_to_device)
+        self.val_src = SliceSource(val, self.device, cfg.preload_to_device) if self.world.is_main else None
+
+        self.epoch = 0
+        self.best_score: tuple[float, ...] | None = None
+        self.best_epoch = 0
+        self.best_metrics: dict = {}
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+        self.slices_seen = 0
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _ckpt(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config_json": json.dumps(self.cfg.to_dict()),
+            "epoch": self.epoch,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler_json": json.dumps(self.scheduler.state_dict()),
+            "state_json": json.dumps({
+                "best_score": self.best_score, "best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
+                "bad_epochs": self.bad_epochs, "history": self.history, "slices_seen": self.slices_seen,
+                "train_seconds": self.train_seconds}),
+        }
+
+    def resume(self, path: Path) -> None:
+        payload = _load(path, CHECKPOINT_FORMAT)
+        old = json.loads(payload["config_json"])
+        for key in ("network", "preprocess"):
+            if old[key] != self.cfg.to_dict()[key]:
+                raise GTVError(f"cannot resume {path}: its {key} differs from this config's")
+        self.net.load_state_dict(payload["model"], strict=True)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(json.loads(payload["scheduler_json"]))
+        state = json.loads(payload["state_json"])
+        self.epoch = int(payload["epoch"])
+        self.best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
+        self.best_epoch, self.best_metrics = state["best_epoch"], state["best_metrics"]
+        self.bad_epochs, self.history = state["bad_epochs"], state["history"]
+        self.slices_seen, self.train_seconds = state["slices_seen"], state["train_seconds"]
+        self._log(f"resumed from {path} after epoch {self.epoch} (best so far: epoch {self.best_epoch})")
+
+    def _save(self, path: Path, payload: dict) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)  # a run killed while saving keeps its previous checkpoint
+
+    def _save_best(self, metrics: dict) -> None:
+        self._save(self.out / "best.pt", {
+            "format": BEST_FORMAT,
+            "config_json": json.dumps(self.cfg.to_dict()),
+            "epoch": self.epoch,
+            "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "metrics_json": json.dumps(metrics),
+            "run_json": json.dumps(self._run_info()),
+        })
+
+    def _run_info(self) -> dict:
+        return {
+            "train_patients": len(self.train_table.patients), "train_slices": len(self.train_table),
+            "val_patients": len(self.val_table.patients), "val_slices": len(self.val_table),
+            "epochs_completed": self.epoch, "slices_seen": self.slices_seen,
+            "train_seconds": round(self.train_seconds, 1), "device": str(self.device),
+            "world_size": self.world.size, "git_commit": git_commit(), "torch": torch.__version__,
+        }
+
+    # ------------------------------------------------------------------ loop
+
+    def _log(self, msg: str) -> None:
+        if self.world.is_main:
+            print(msg, flush=True)
+
+    def validate(self) -> Validation:
+        cfg = self.cfg
+        if self.kind == "classifier":
+            v = validate_classifier(self.net, self.val_src, self.val_table, cfg.val_batch_size, cfg.recall_target,
+                                    self.autocast, self.memory_format)
+        else:
+            v = validate_segmenter(self.net, self.val_src, self.val_table, cfg.val_batch_size, self.loss_fn,
+                                   self.autocast, self.memory_format)
+        self.net.train()
+        return v
+
+    def fit(self) -> dict:
+        """Train until max epochs, early stopping or the time budget; returns the run summary."""
+        cfg, world = self.cfg, self.world
+        self.out.mkdir(parents=True, exist_ok=True)
+        t_start = time.monotonic()
+        budget = cfg.time_budget_min * 60 if cfg.time_budget_min is not None else math.inf
+        n_val_fwd = int(self.val_table.tumour.sum()) if self.kind == "segmenter" else len(self.val_table)
+        val_seconds: float | None = None
+        sec_per_slice: float | None = None
+        gen = torch.Generator(device=self.device)
+        stop_reason = "max_epochs"
+        t = self.train_table
+        self._log(f"{self.kind} {cfg.network.name}: {len(t.patients)} train patients, {len(t)} slices "
+                  f"({t.tumour.mean():.0%} tumour), {len(self.val_table.patients)} validation patients; "
+                  f"BSS {cfg.balance}, device {self.device}, world {world.size}, "
+                  f"{count_parameters(self.net) / 1e6:.1f} M parameters")
+
+        def reserve() -> float:
+            # time kept back for validating and saving what was trained
+            if val_seconds is not None:
+                return 1.2 * val_seconds + 2.0
+            return (0.5 * n_val_fwd * sec_per_slice + 2.0) if sec_per_slice else 0.0
+
+        self.net.train()
+        first_epoch = self.epoch + 1
+        while self.epoch < cfg.max_epochs:
+            # every invocation trains at least one step, so a tiny budget still leaves a checkpoint
+            out_of_time = time.monotonic() - t_start + reserve() > budget
+            if self.epoch + 1 > first_epoch and D.any_rank(out_of_time, world, self.device):
+                stop_reason = "time_budget"
+                break
+            epoch = self.epoch + 1
+            rows = D.shard(epoch_rows(t.tumour, cfg.balance, cfg.seed, epoch, cfg.max_slices_per_epoch), world)
+            batches = [rows[i:i + cfg.batch_size] for i in range(0, rows.size, cfg.batch_size)]
+            if len(batches) > 1 and batches[-1].size < 2:
+                batches.pop()  # BatchNorm needs two samples
+            gen.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + world.rank)
+            loss_sum = torch.zeros((), device=self.device)
+            steps, epoch_slices, partial, t_epoch = 0, 0, False, time.monotonic()
+            bar = _bar(len(batches), f"epoch {epoch}/{cfg.max_epochs}", world.is_main)
+            for i, b in enumerate(batches):
+                if steps and D.any_rank(time.monotonic() - t_start + reserve() > budget, world, self.device):
+                    partial = True
+                    break
+                x, y, flag = self.train_src.batch(b, self.memory_format)
+                x, y_aug = augment_batch(x, y if self.kind == "segmenter" else None, cfg.augment, gen)
+                y = y_aug if y_aug is not None else y
+                loss_sum += train_step(self.model, self.loss_fn, self.optimizer, x, y, flag, self.autocast)
+                self.scheduler.step(epoch - 1 + (i + 1) / len(batches))
+                steps += 1
+                epoch_slices += b.size * world.size
+                self.slices_seen += b.size * world.size
+                sec_per_slice = (time.monotonic() - t_epoch) / (epoch_slices / world.size)
+                if bar is not None:
+                    bar.update(1)
+                    if steps % 10 == 0 or steps == len(batches):
+                        bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}")
+            if bar is not None:
+                bar.close()
+            if steps == 0:
+                stop_reason = "time_budget"
+                break
+            train_s = time.monotonic() - t_epoch
+            self.train_seconds += train_s
+            self.epoch = epoch
+            D.sync_buffers(self.net, world)
+            train_loss = float(loss_sum.item()) / steps
+
+            decision = None
+            if world.is_main:
+                t_val = time.monotonic()
+                v = self.validate()
+                val_seconds = time.monotonic() - t_val
+                improved = self.best_score is None or v.score > self.best_score
+                if improved:
+                    self.best_score, self.best_epoch, self.best_metrics = v.score, epoch, v.metrics
+                    self.bad_epochs = 0
+                else:
+                    self.bad_epochs += 1
+                row = {"epoch": epoch, "steps": steps, "slices": epoch_slices,
+                       "partial": partial, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                       **v.metrics, "train_s": round(train_s, 1), "val_s": round(val_seconds, 1),
+                       "elapsed_s": round(time.monotonic() - t_start, 1), "best": improved}
+                self.history.append(row)
+                self._log(" ".join(f"{k}={_short(val)}" for k, val in row.items()))
+                if improved:
+                    self._save_best(v.metrics)
+                self._save(self.out / "last.pt", self._ckpt())
+                write_csv(self.history, self.out / "log.csv")
+                keys = ("val_dice", "val_dice_pooled") if self.kind == "segmenter" else ("val_recall", "val_precision", "val_auc")
+                plot_curves(self.history, self.out / "curves.png", keys)
+                decision = {"bad_epochs": self.bad_epochs}
+            decision = D.broadcast_object(decision, world)
+            self.bad_epochs = decision["bad_epochs"]
+            if partial:
+                stop_reason = "time_budget"
+                break
+            if cfg.patience and self.bad_epochs >= cfg.patience:
+                stop_reason = "early_stopping"
+                break
+
+        summary = {
+            "kind": self.kind, "network": cfg.network.name, "stop_reason": stop_reason,
+            "best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
+            "wall_seconds": round(time.monotonic() - t_start, 1),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **self._run_info(), "config": cfg.to_dict(),
+        }
+        if world.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+            self._log(f"stopped ({stop_reason}) after {self.epoch} epochs, {self.slices_seen} slices, "
+                      f"{summary['wall_seconds']:.0f} s; best epoch {self.best_epoch}: "
+                      + " ".join(f"{k}={_short(v)}" for k, v in self.best_metrics.items()))
+        return summary
+
+
+def _short(v):
+    return f"{v:.4g}" if isinstance(v, float) else v
+
+
+def _bar(total: int, desc: str, show: bool):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False, file=sys.stderr)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="JSON config (training/configs/*.json); defaults otherwise")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set data.max_train_patients=20 --set loss.name=dice")
+    p.add_argument("--out", help="output folder (out_dir)")
+    p.add_argument("--resume", help="a last.pt to continue from, or 'auto' for OUT/last.pt when it exists")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--size", type=int, help="model-space side (preprocess.size)")
+    p.add_argument("--balance", help="BSS ratio, e.g. 1:1, 1:0, original")
+    p.add_argument("--patience", type=int)
+    p.add_argument("--time-budget-min", type=float, help="stop within this many minutes of wall clock")
+    p.add_argument("--max-slices-per-epoch", type=int, help="cap on slices drawn per epoch")
+    p.add_argument("--seed", type=int)
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    sets = list(args.set)
+    for flag, key in (("out", "out_dir"), ("device", "device"), ("max_epochs", "max_epochs"),
+                      ("batch_size", "batch_size"), ("size", "preprocess.size"), ("balance", "balance"),
+                      ("patience", "patience"), ("time_budget_min", "time_budget_min"),
+                      ("max_slices_per_epoch", "max_slices_per_epoch"), ("seed", "seed")):
+        value = getattr(args, flag)
+        if value is not None:
+            sets.append(f"{key}={json.dumps(value)}")
+    return load_config(args.config, sets)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_flush_denormal(True)  # untrained nets on CPU slow down 2-4x on denormals
+    args = parse_args(argv)
+    world = D.World()
+    try:
+        cfg = config_from_args(args)
+        world = D.init_world(cfg.device)
+        train, val = load_tables(cfg, world)
+        trainer = Trainer(cfg, train, val, world)
+        if args.resume:
+            path = trainer.out / "last.pt" if args.resume == "auto" else Path(args.resume)
+            if path.exists():
+                trainer.resume(path)
+            elif args.resume != "auto":
+                raise GTVError(f"checkpoint to resume not found: {path}")
+        trainer.fit()
+    except GTVError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        D.shutdown(world)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
