@@ -16,14 +16,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .catalog import MODELS_JSON, ModelEntry, list_models  # noqa: F401  (re-exported)
 from .errors import GTVError
 from .models import NetConfig, build_network
 from .preprocessing import PreprocessSpec
 
 FORMAT = "gtvautoseg-bundle"
 FORMAT_VERSION = 1
-RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
-MODELS_JSON = RESOURCES / "Models.json"
 
 
 @dataclass
@@ -177,33 +176,6 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBu
 
 
 # --- the list of shipped models -------------------------------------------------------------
-
-@dataclass
-class ModelEntry:
-    """One row of ``Resources/Models.json``."""
-
-    name: str
-    version: str
-    file: str
-    sha256: str
-    title: str = ""
-    card: str = ""
-    default: bool = False
-
-    def path(self, resources: Path) -> Path:
-        return resources / self.file
-
-
-def list_models(models_json: str | Path = MODELS_JSON) -> list[ModelEntry]:
-    models_json = Path(models_json)
-    if not models_json.is_file():
-        return []
-    try:
-        rows = json.loads(models_json.read_text())["models"]
-        return [ModelEntry(**row) for row in rows]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise GTVError(f"{models_json} is malformed: {exc}") from None
-
 
 def resolve_model(name_or_path: str | None, models_json: str | Path = MODELS_JSON) -> tuple[Path, str | None, ModelEntry | None]:
     """Turn ``--model`` into a file path and the hash it must have.

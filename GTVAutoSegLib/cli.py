@@ -115,7 +115,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             report = {
                 "case": name,
                 "input": str(path),
-                "model": {"name": bundle.name, "version": bundle.version, "target": bundle.target},
+                "model": {"name": bundle.name, "version": bundle.version, "target": bundle.target,
+                          "anatomic_region": bundle.anatomic_region},
                 "device": str(seg.device),
                 "threshold": result.threshold,
                 "volume_cc": round(result.volume_cc(), 3),
@@ -277,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with warnings.catch_warnings():
         warnings.simplefilter("default")
+        # vtk/SWIG import noise is not the user's business; our own warnings are UserWarnings.
+        warnings.simplefilter("ignore", DeprecationWarning)
         warnings.formatwarning = lambda msg, cat, *a, **k: f"gtvautoseg: warning: {msg}\n"
         try:
             return args.func(args)

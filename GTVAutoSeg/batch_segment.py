@@ -1,0 +1,203 @@
+"""Segment the GTV on many CTs without a GUI, with the same logic the Slicer module uses.
+
+In 3D Slicer::
+
+    Slicer --no-main-window --python-script GTVAutoSeg/batch_segment.py \\
+        --input /data/cases --output /data/gtv [--model NAME_OR_PATH] [--device auto|cpu|cuda]
+
+or with plain Python where ``slicer-core`` is installed::
+
+    python GTVAutoSeg/batch_segment.py --input a.nrrd b.nii.gz --output out
+
+Writes ``OUTPUT/<case>.seg.nrrd`` for every case that succeeds and ``OUTPUT/summary.csv`` with one
+row per case (status, GTV volume, slices, time, and the error of a failed case). A failed case is
+reported and the batch goes on. Exit status: 0 all cases segmented, 1 some case failed, 2 usage
+error, 3 an unexpected error. No dialog is ever opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import io
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+if importlib.util.find_spec("GTVAutoSegLib") is None and (HERE.parent / "GTVAutoSegLib").is_dir():
+    sys.path.insert(0, str(HERE.parent))  # a source checkout run inside Slicer
+
+CT_SUFFIXES = (".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
+SUMMARY_FIELDS = ("case", "input", "status", "segmentation", "volume_cc", "slices_segmented", "slices_total",
+                  "review_slices", "seconds", "error")
+EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_CRASHED = 0, 1, 2, 3
+
+
+def findCases(inputs: list[str]) -> list[Path]:
+    """Files as given; a folder gives every CT file directly in it, or, when it holds none, each
+    subfolder (a DICOM series), or else itself (a folder of DICOM files)."""
+    cases: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_dir():
+            cases.append(path)  # a missing file is reported as that case's failure
+            continue
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        files = [p for p in entries if p.is_file() and p.name.lower().endswith(CT_SUFFIXES)
+                 and not p.name.lower().endswith(".seg.nrrd")]
+        folders = [p for p in entries if p.is_dir()]
+        cases += files or folders or [path]
+    return cases
+
+
+def uniqueNames(paths: list[Path]) -> list[str]:
+    from GTVAutoSegLib.cli import case_name
+
+    names, seen = [], {}
+    for path in paths:
+        name = case_name(path) if path.exists() else path.name.split(".")[0]
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return names
+
+
+def writeSummary(rows: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def segmentCase(path: Path, name: str, outputDir: Path, parameters) -> dict:
+    """One case in a private scene: load, segment, save. Raises on failure."""
+    import slicer
+
+    from GTVAutoSegSlicerLib import SegmentationLogic
+    from GTVAutoSegSlicerLib.errors import GTVAutoSegError
+    from GTVAutoSegSlicerLib.nodes import loadVolume
+
+    scene = slicer.vtkMRMLScene()  # never the user's scene; dropped after the case
+    try:
+        volume = loadVolume(scene, path, name)
+        run = SegmentationLogic(scene).process(volume, parameters=parameters, waitForCompletion=True)
+        seg = run.segmentationNode
+        target = outputDir / f"{name}.seg.nrrd"
+        tmp = outputDir / f".{name}.tmp.seg.nrrd"
+        seg.AddDefaultStorageNode()
+        storage = seg.GetStorageNode()
+        storage.SetFileName(str(tmp))
+        if not storage.WriteData(seg) or not tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            raise GTVAutoSegError(f"could not write {target}")
+        os.replace(tmp, target)
+        report = run.report
+        return {"segmentation": target.name, "volume_cc": report.get("volume_cc", ""),
+                "slices_segmented": report.get("slices_segmented", ""), "slices_total": report.get("slices_total", ""),
+                "review_slices": " ".join(str(r.sliceIndex) for r in run.reviewSlices)}
+    finally:
+        scene.Clear(1)
+
+
+def buildParser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="batch_segment.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", nargs="+", required=True, help="CT files and/or folders")
+    p.add_argument("--output", required=True, help="output folder (created if missing)")
+    p.add_argument("--model", default=None, help="model name from Models.json or a bundle path (default: the default model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threshold", type=float, default=None, help="classifier threshold (default: the model's)")
+    p.add_argument("--review-margin", type=float, default=0.1, help="list slices this close to the threshold")
+    p.add_argument("--surface", action="store_true", help="also store the closed surface in each .seg.nrrd")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = buildParser().parse_args(argv)
+
+    from GTVAutoSegSlicerLib import SegmentationParameters
+    from GTVAutoSegSlicerLib.dependencies import ensureDependencies
+
+    try:
+        import slicer  # noqa: F401  (slicer-core or Slicer itself)
+    except ImportError:
+        print("batch_segment: error: the 'slicer' package is not available; run inside 3D Slicer or "
+              "install slicer-core", file=sys.stderr)
+        return EXIT_USAGE
+    outputDir = Path(args.output)
+    try:
+        outputDir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"batch_segment: error: cannot create {outputDir}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    cases = findCases(args.input)
+    if not cases:
+        print("batch_segment: error: no CT found in the inputs", file=sys.stderr)
+        return EXIT_USAGE
+    parameters = SegmentationParameters(model=args.model, device=args.device, threshold=args.threshold,
+                                        reviewMargin=args.review_margin, createSurface=args.surface)
+    try:
+        parameters.check()
+        if hasattr(slicer, "app"):
+            ensureDependencies(confirm=None)  # never asks: this runs headless
+    except Exception as exc:
+        print(f"batch_segment: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    rows, failed = [], 0
+    summaryPath = outputDir / "summary.csv"
+    for number, (path, name) in enumerate(zip(cases, uniqueNames(cases)), start=1):
+        started = time.monotonic()
+        row = {"case": name, "input": str(path)}
+        try:
+            row.update(segmentCase(path, name, outputDir, parameters))
+            row["status"] = "ok"
+            line = f"ok, GTV {float(row['volume_cc']):.1f} cc on {row['slices_segmented']}/{row['slices_total']} slices"
+        except Exception as exc:  # one bad case must not stop the batch
+            failed += 1
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            row.update(status="failed", error=message)
+            line = f"FAILED: {message}"
+            print(f"batch_segment: {name}: error: {message}", file=sys.stderr, flush=True)
+        row["seconds"] = f"{time.monotonic() - started:.1f}"
+        rows.append(row)
+        writeSummary(rows, summaryPath)  # after every case, so an interrupted batch keeps its record
+        print(f"[{number}/{len(cases)}] {name}: {line} ({row['seconds']} s)", flush=True)
+    print(f"{len(cases) - failed} of {len(cases)} case(s) segmented; summary: {summaryPath}", flush=True)
+    return EXIT_FAILED_CASES if failed else EXIT_OK
+
+
+def run(argv: list[str]) -> int:
+    """``main`` that never lets an exception out: inside Slicer an escaped exception (argparse's
+    SystemExit included) would leave a ``--no-main-window`` Slicer running forever."""
+    try:
+        return main(argv)
+    except SystemExit as exc:  # usage errors and --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except BaseException:  # noqa: BLE001  a bug, or Ctrl+C: report and leave
+        traceback.print_exc()
+        return EXIT_CRASHED
+
+
+def _exit(status: int) -> None:
+    try:
+        import slicer
+
+        app = getattr(slicer, "app", None)
+    except ImportError:
+        app = None
+    if app is not None:
+        slicer.util.exit(status)  # let Slicer leave its event loop with this status
+    else:
+        sys.exit(status)
+
+
+if __name__ == "__main__":
+    _exit(run(sys.argv[1:]))

@@ -1,0 +1,97 @@
+"""The headless batch script, run as a user runs it (a separate process), under plain Python with
+slicer-core: three phantom CTs, one of them corrupt."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "GTVAutoSeg" / "batch_segment.py"
+sys.path.insert(0, str(ROOT / "GTVAutoSeg"))
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+
+from GTVAutoSegSlicerLib import testing  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def foregroundBundle(tmp_path_factory) -> Path:
+    return testing.makeBundle(tmp_path_factory.mktemp("bundles") / "fg.pt", "foreground", anatomicRegion="head_and_neck")
+
+
+def test_batch_goes_on_after_a_corrupt_case_and_exits_nonzero(foregroundBundle, tmp_path):
+    from GTVAutoSegLib.phantom import make_phantom
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    phantoms = {}
+    for seed, name in ((1, "case_a"), (2, "case_c")):
+        ct, _ = make_phantom(shape=(4, 40, 40), spacing=(2.0, 2.0, 3.0), seed=seed, tumour_slices=2,
+                             origin=(10.0 * seed, -5.0, 20.0))
+        sitk.WriteImage(ct.to_sitk(), str(cases / f"{name}.nrrd"))
+        phantoms[name] = ct
+    # case_b: a real NRRD header whose voxel data stops early (a truncated copy).
+    intact = (cases / "case_a.nrrd").read_bytes()
+    header = intact.index(b"\n\n") + 2
+    (cases / "case_b.nrrd").write_bytes(intact[: header + 100])
+    (cases / "notes.txt").write_text("not a CT")  # ignored: not a CT file name
+    out = tmp_path / "out"
+
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--input", str(cases), "--output", str(out),
+         "--model", str(foregroundBundle), "--device", "cpu"],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.glob("*.seg.nrrd")) == ["case_a.seg.nrrd", "case_c.seg.nrrd"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    with open(out / "summary.csv", newline="") as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    assert list(rows) == ["case_a", "case_b", "case_c"]
+    assert rows["case_b"]["status"] == "failed"
+    assert "case_b.nrrd" in rows["case_b"]["error"]
+    assert rows["case_b"]["segmentation"] == ""
+    assert "case_b" in proc.stderr and "FAILED" in proc.stdout
+    for name in ("case_a", "case_c"):
+        assert rows[name]["status"] == "ok" and rows[name]["error"] == ""
+        assert rows[name]["segmentation"] == f"{name}.seg.nrrd"
+        assert int(rows[name]["slices_total"]) == 4 and int(rows[name]["slices_segmented"]) == 4
+        assert float(rows[name]["volume_cc"]) > 0
+
+        # Each file is a one-segment Slicer segmentation on its CT's physical grid.
+        import slicerio
+
+        seg = slicerio.read_segmentation(str(out / f"{name}.seg.nrrd"))
+        assert [s["name"] for s in seg["segments"]] == ["GTV"]
+        terminology = seg["segments"][0]["terminology"]
+        assert terminology["type"][1] == "86049000"
+        assert terminology["anatomicRegion"][1] == "774007"  # the bundle's head and neck
+        ct = phantoms[name]
+        voxels = slicerio.segment_mask(seg, seg["segments"][0]["id"])
+        ijkToLps = np.asarray(seg["ijkToLPS"], dtype=float)
+        ones = np.argwhere(voxels > 0)
+        lps = (np.c_[ones, np.ones(len(ones))] @ ijkToLps.T)[:, :3]
+        image = ct.to_sitk()
+        index = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(p)) for p in lps])
+        assert np.allclose(index, np.round(index), atol=1e-4)
+        assert (index.min(axis=0) >= -1e-4).all() and (index.max(axis=0) <= np.array([39, 39, 3]) + 1e-4).all()
+        volumeCc = len(ones) * float(np.prod(ct.spacing)) / 1000.0
+        assert float(rows[name]["volume_cc"]) == pytest.approx(volumeCc, rel=1e-3)
+
+
+def test_batch_usage_errors_exit_2(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no CT here")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--input", str(empty), "--output", str(tmp_path / "o"),
+                           "--device", "tpu"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--device" in proc.stderr
