@@ -39,7 +39,7 @@ from GTVAutoSegSlicerLib import (
 from GTVAutoSegSlicerLib.dependencies import ensureDependencies, isInteractive, missingRequirements
 from GTVAutoSegSlicerLib.models import listModels, modelsJsonPath
 
-PAPER = ("Shi et al., Heterogeneous cascade framework for automatic gross tumour volume segmentation on CT, "
+PAPER = ("Shi et al., Rethinking automatic segmentation of gross target volume from a decoupling perspective, "
          "Computerized Medical Imaging and Graphics, 2024")
 TERMINOLOGY_FILE = "Terminology/GTVAutoSeg-RadiotherapyTargets.term.json"
 BROWSE = "__browse__"
