@@ -1,0 +1,261 @@
+"""3D Slicer segmentation files (``.seg.nrrd``): one labelled segment with its name, colour and
+standard terminology, on exactly the mask's grid, readable by Slicer and by ``slicerio``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GTVError
+from .image import Image
+from .io import atomic_output
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept as Slicer's terminology strings write it: ``scheme^value^meaning``."""
+
+    scheme: str
+    value: str
+    meaning: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme}^{self.value}^{self.meaning}"
+
+    @classmethod
+    def parse(cls, parts) -> "Code | None":
+        parts = list(parts) + [""] * (3 - len(parts))
+        return cls(*parts[:3]) if any(parts[:3]) else None
+
+
+# Anatomic regions a GTV segment may be tagged with (DICOM anatomic codes, SNOMED CT).
+ANATOMIC_REGIONS: dict[str, Code] = {
+    "head_and_neck": Code("SCT", "774007", "Head and Neck"),
+    "lung": Code("SCT", "39607008", "Lung"),
+}
+
+
+@dataclass(frozen=True)
+class Terminology:
+    """What a segment is, in 3D Slicer's terminology (shown and kept by Slicer, DICOM SEG export)."""
+
+    category: Code = Code("SCT", "49755003", "Morphologically Altered Structure")
+    type: Code = Code("SCT", "86049000", "Neoplasm, Primary")
+    type_modifier: Code | None = None
+    anatomic_region: Code | None = None
+    anatomic_region_modifier: Code | None = None
+    context_name: str = "Segmentation category and type - 3D Slicer General Anatomy list"
+    anatomic_context_name: str = "Anatomic codes - DICOM master list"
+
+    @classmethod
+    def for_region(cls, region: str | None) -> "Terminology":
+        """The GTV terminology, tagged with one of :data:`ANATOMIC_REGIONS` (or no region)."""
+        if region is None:
+            return cls()
+        if region not in ANATOMIC_REGIONS:
+            raise GTVError(f"unknown anatomic region {region!r}; known: {', '.join(ANATOMIC_REGIONS)}")
+        return cls(anatomic_region=ANATOMIC_REGIONS[region])
+
+    def entry_string(self) -> str:
+        """Slicer's ``TerminologyEntry`` tag value: seven ``~``-separated parts."""
+        def code(c: Code | None) -> str:
+            return str(c) if c is not None else "^^"
+        return "~".join([
+            self.context_name, code(self.category), code(self.type), code(self.type_modifier),
+            self.anatomic_context_name, code(self.anatomic_region), code(self.anatomic_region_modifier),
+        ])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Terminology":
+        """From slicerio's terminology dict (``contextName``, ``category``, ``type``, ...)."""
+        try:
+            return cls(
+                category=Code.parse(d["category"]),
+                type=Code.parse(d["type"]),
+                type_modifier=Code.parse(d.get("typeModifier", ())),
+                anatomic_region=Code.parse(d.get("anatomicRegion", ())),
+                anatomic_region_modifier=Code.parse(d.get("anatomicRegionModifier", ())),
+                context_name=d.get("contextName", cls.context_name),
+                anatomic_context_name=d.get("anatomicContextName", cls.anatomic_context_name),
+            )
+        except (KeyError, TypeError) as e:
+            raise GTVError(f"terminology needs a category and a type as [scheme, value, meaning] ({e})") from None
+
+
+GTV_COLOR = (0.9, 0.1, 0.1)  # radiotherapy convention: GTV in red
+
+# Slicer's conversion parameters, as Slicer writes them; {geometry} is filled in per file.
+# Descriptions hold a literal backslash-n: a NRRD header line cannot hold a newline.
+_CONVERSION_PARAMETERS = (
+    ("Collapse labelmaps", "1", "Merge the labelmaps into as few shared labelmaps as possible 1 = created labelmaps will be shared if possible without overwriting each other."),
+    ("Compute surface normals", "1", "Compute surface normals. 1 (default) = surface normals are computed. 0 = surface normals are not computed (slightly faster but produces less smooth surface display)."),
+    ("Crop to reference image geometry", "0", "Crop the model to the extent of reference geometry. 0 (default) = created labelmap will contain the entire model. 1 = created labelmap extent will be within reference image extent."),
+    ("Decimation factor", "0.0", "Desired reduction in the total number of polygons. Range: 0.0 (no decimation) to 1.0 (as much simplification as possible). Value of 0.8 typically reduces data set size by 80% without losing too much details."),
+    ("Default slice thickness", "0.0", "Default thickness for contours if slice spacing cannot be calculated."),
+    ("End capping", "1", "Create end cap to close surface inside contours on the top and bottom of the structure.\\n0 = leave contours open on surface exterior.\\n1 (default) = close surface by generating smooth end caps.\\n2 = close surface by generating straight end caps."),
+    ("Fractional labelmap oversampling factor", "1", "Determines the oversampling of the reference image geometry. All segments are oversampled with the same value (value of 1 means no oversampling)."),
+    ("Joint smoothing", "0", "Perform joint smoothing."),
+    ("Oversampling factor", "1", "Determines the oversampling of the reference image geometry. If it's a number, then all segments are oversampled with the same value (value of 1 means no oversampling). If it has the value \"A\", then automatic oversampling is calculated."),
+    ("Reference image geometry", "{geometry}", "Image geometry description string determining the geometry of the labelmap that is created in course of conversion. Can be copied from a volume, using the button."),
+    ("Smoothing factor", "-0.5", "Smoothing factor. Range: 0.0 (no smoothing) to 1.0 (strong smoothing)."),
+    ("Threshold fraction", "0.5", "Determines the threshold that the closed surface is created at as a fractional value between 0 and 1."),
+)
+
+
+def _optional_import(module: str, package: str, purpose: str):
+    """Import a package only the segmentation files need, so reading CT never depends on it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise GTVError(f"the Python package {package} is needed to {purpose}: pip install {package}") from None
+
+
+def _num(v: float) -> str:
+    return f"{float(v) + 0.0:.17g}"  # + 0.0 turns -0.0 into 0.0
+
+
+def _ijk_to_lps(image: Image) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(image.direction, dtype=float).reshape(3, 3) * np.asarray(image.spacing, dtype=float)
+    m[:3, 3] = image.origin
+    return m
+
+
+def _reference_geometry(image: Image) -> str:
+    """Slicer's geometry string: IJK-to-RAS matrix row by row, then the extent, each ``;``-terminated."""
+    ijk_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ _ijk_to_lps(image)
+    nx, ny, nz = image.array.shape[::-1]
+    values = [_num(v) for v in ijk_to_ras.ravel()] + [str(v) for v in (0, nx - 1, 0, ny - 1, 0, nz - 1)]
+    return "".join(v + ";" for v in values)
+
+
+def _check_header_text(label: str, text: str) -> None:
+    if not (text.isascii() and text.isprintable()) or "|" in text or "~" in text:
+        raise GTVError(f"segment {label} {text!r} must be printable ASCII without '|' or '~'")
+
+
+def write_seg_nrrd(
+    mask: Image,
+    path: str | Path,
+    name: str = "GTV",
+    color: tuple[float, float, float] = GTV_COLOR,
+    terminology: Terminology | dict | None = None,
+) -> None:
+    """Write a one-segment 3D Slicer segmentation (``.seg.nrrd``), atomically.
+
+    The file is a gzip uint8 label map NRRD in LPS space on the mask's grid (label 1 = the segment)
+    with Slicer's segmentation header fields, so Slicer loads it as a segmentation node with the
+    given name, colour and terminology, and ``slicerio`` reads it.
+
+    Args:
+        mask: binary mask (non-zero voxels are the segment), ``(z, y, x)``.
+        path: output file, ending in ``.seg.nrrd`` (or ``.nrrd``).
+        name: segment name.
+        color: RGB in [0, 1].
+        terminology: a :class:`Terminology`, a slicerio-style terminology dict, or None for the GTV
+            terminology without an anatomic region (see :meth:`Terminology.for_region`).
+    """
+    nrrd = _optional_import("nrrd", "pynrrd", "write a .seg.nrrd")
+
+    path = Path(path)
+    if not path.name.lower().endswith(".nrrd"):
+        raise GTVError(f"a Slicer segmentation file must end in .seg.nrrd, not {path.name}")
+    if mask.array.ndim != 3:
+        raise GTVError(f"a segmentation needs a 3D mask, got shape {mask.array.shape}")
+    _check_header_text("name", name)
+    if len(color) != 3 or not all(0.0 <= float(c) <= 1.0 for c in color):
+        raise GTVError(f"segment colour must be three values in [0, 1], got {tuple(color)}")
+    if terminology is None:
+        terminology = Terminology()
+    elif isinstance(terminology, dict):
+        terminology = Terminology.from_dict(terminology)
+    entry = terminology.entry_string()
+    _check_header_text("terminology", entry.replace("~", ""))
+
+    nx, ny, nz = mask.array.shape[::-1]
+    direction = np.asarray(mask.direction, dtype=float).reshape(3, 3)
+    geometry = _reference_geometry(mask)
+    header = {
+        "space": "left-posterior-superior",
+        # One row per index axis: that axis's direction (a column of the direction matrix) times its spacing.
+        "space directions": (direction * np.asarray(mask.spacing, dtype=float)).T,
+        "space origin": np.asarray(mask.origin, dtype=float),
+        "kinds": ["domain", "domain", "domain"],
+        "encoding": "gzip",
+        "Segment0_Color": " ".join(f"{float(c):.6g}" for c in color),
+        "Segment0_ColorAutoGenerated": "0",
+        # The full grid, not the tumour's bounding box: some Slicer versions crop a shared layer to
+        # the first segment's extent.
+        "Segment0_Extent": f"0 {nx - 1} 0 {ny - 1} 0 {nz - 1}",
+        "Segment0_ID": "Segment_1",
+        "Segment0_LabelValue": "1",
+        "Segment0_Layer": "0",
+        "Segment0_Name": name,
+        "Segment0_NameAutoGenerated": "0",
+        # Trailing "|" because older Slicer versions require it.
+        "Segment0_Tags": f"Segmentation.Status:inprogress|TerminologyEntry:{entry}|",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ConversionParameters": "&".join(
+            f"{n}|{v.format(geometry=geometry)}|{d}" for n, v, d in _CONVERSION_PARAMETERS
+        ) + "&",
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+    }
+    voxels = (mask.array != 0).astype(np.uint8)
+    with atomic_output(path) as tmp:
+        # index_order="C": the array is (z, y, x); pynrrd writes it as NRRD's x-fastest (x, y, z).
+        nrrd.write(str(tmp), voxels, header, compression_level=6, index_order="C")
+
+
+def read_seg_nrrd(path: str | Path, segment: str | None = None) -> tuple[Image, dict]:
+    """Read a Slicer ``.seg.nrrd`` with slicerio.
+
+    Args:
+        path: the segmentation file.
+        segment: a segment ID or name: return its binary mask. None: return the stored label map
+            (only possible when all segments share one layer).
+
+    Returns:
+        ``(image, metadata)``: the voxels ``(z, y, x)`` with their geometry, and slicerio's
+        segmentation dict without the voxels (``segments`` with name, color, terminology, ...).
+
+    Raises:
+        GTVError: missing or unreadable file, unknown segment, overlapping layers without ``segment``.
+    """
+    slicerio = _optional_import("slicerio", "slicerio", "read a .seg.nrrd")
+
+    path = Path(path)
+    if not path.is_file():
+        raise GTVError(f"segmentation file not found: {path}")
+    try:
+        seg = slicerio.read_segmentation(str(path))
+    except Exception as e:  # slicerio raises IOError, pynrrd's NRRDError, ValueError...
+        logger.debug("slicerio could not read %s: %s", path, e)
+        raise GTVError(f"{path.name} is not a readable Slicer segmentation (.seg.nrrd)") from None
+    voxels = seg.pop("voxels")
+    if segment is not None:
+        try:
+            voxels = slicerio.segment_mask({**seg, "voxels": voxels}, segment).astype(np.uint8)
+        except KeyError:
+            names = ", ".join(s.get("name", s["id"]) for s in seg["segments"])
+            raise GTVError(f"{path.name} has no segment {segment!r} (segments: {names})") from None
+    elif voxels.ndim != 3:
+        raise GTVError(f"{path.name} stores overlapping segments in {voxels.shape[0]} layers; name the segment to read")
+    ijk_to_lps = np.asarray(seg["ijkToLPS"], dtype=float)
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    direction = ijk_to_lps[:3, :3] / spacing
+    image = Image(
+        array=np.ascontiguousarray(voxels.transpose(2, 1, 0)),  # slicerio's (i, j, k) -> (z, y, x)
+        spacing=tuple(float(v) for v in spacing),
+        origin=tuple(float(v) for v in ijk_to_lps[:3, 3]),
+        direction=tuple(float(v) for v in direction.ravel()),
+    )
+    return image, seg
