@@ -26,7 +26,7 @@ class CascadeResult:
     """What the cascade saw, in model space.
 
     Attributes:
-        slice_probs: ``(Z,)`` classifier tumour probability per slice.
+        slice_probs: ``(Z,)`` classifier tumour probability per slice (NaN when it did not run).
         selected: ``(Z,)`` bool, slices the segmenter ran on (``slice_probs >= threshold``).
         seg_probs: ``(Z, H, W)`` float16 foreground probability; exactly 0 on unselected slices.
         timings: seconds per stage (``classifier``, ``segmenter``).
@@ -116,13 +116,22 @@ class Cascade:
         return out
 
     def __call__(self, slices: np.ndarray, threshold: float, progress: ProgressFn | None = None,
-                 cancel: CancelFn | None = None) -> CascadeResult:
+                 cancel: CancelFn | None = None, use_classifier: bool = True) -> CascadeResult:
+        """Classify, select ``probs >= threshold``, segment the selection.
+
+        With ``use_classifier=False`` the classifier does not run at all: every slice is segmented
+        and ``slice_probs`` is NaN (the "segmenter alone" arm).
+        """
         timings = {}
         t0 = time.perf_counter()
-        probs = self.classify(slices, progress, cancel)
-        self._sync()
+        if use_classifier:
+            probs = self.classify(slices, progress, cancel)
+            self._sync()
+            selected = probs >= threshold
+        else:
+            probs = np.full(slices.shape[0], np.nan, dtype=np.float32)
+            selected = np.ones(slices.shape[0], dtype=bool)
         t1 = time.perf_counter()
-        selected = probs >= threshold
         seg = self.segment(slices, selected, progress, cancel)
         self._sync()
         t2 = time.perf_counter()

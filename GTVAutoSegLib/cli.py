@@ -122,7 +122,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 "volume_cc": round(result.volume_cc(), 3),
                 "slices_total": int(result.slice_probs.size),
                 "slices_segmented": int(result.selected.sum()),
-                "slice_probabilities": [round(float(p), 4) for p in result.slice_probs],
+                # null for every slice when the classifier was switched off (--no-classifier)
+                "slice_probabilities": [_json_safe(round(float(p), 4)) for p in result.slice_probs],
                 "timings_s": {k: round(v, 4) for k, v in timings.items()},
             }
             if reference is not None:

@@ -21,7 +21,8 @@ from .preprocessing import prepare, restore, restore_slice_values
 class SegmentationResult:
     """Attributes:
         mask: uint8 GTV mask on exactly the input image's grid.
-        slice_probs: ``(Z,)`` classifier probability per slice of the input (array axis 0).
+        slice_probs: ``(Z,)`` classifier probability per slice of the input (array axis 0); NaN
+            when the classifier was not used.
         selected: ``(Z,)`` bool, slices the segmenter ran on.
         threshold: the classifier threshold used.
         timings: seconds per stage (preprocess, classifier, segmenter, inverse).
@@ -61,8 +62,8 @@ class Segmenter:
         bundle: the model.
         device: ``auto`` / ``cpu`` / ``cuda``.
         threshold: classifier threshold; None takes the bundle's.
-        use_classifier: False runs the segmenter on every slice (the "SANet alone" arm that
-            measures what the cascade adds).
+        use_classifier: False runs the segmenter on every slice without running the classifier
+            (the "SANet alone" arm that measures what the cascade adds).
     """
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", threshold: float | None = None,
@@ -87,7 +88,7 @@ class Segmenter:
             raise Cancelled("cancelled after preprocessing")
 
         threshold = self.threshold if self.use_classifier else -1.0
-        result = self.cascade(slices, threshold, progress, cancel)
+        result = self.cascade(slices, threshold, progress, cancel, use_classifier=self.use_classifier)
         timings.update(result.timings)
 
         t = time.perf_counter()

@@ -50,6 +50,15 @@ def test_threshold_override_changes_selection():
     assert c(x, threshold=-1.0).selected.sum() == 10  # every slice: the segmenter alone
 
 
+def test_without_the_classifier_every_slice_is_segmented_and_the_classifier_never_runs():
+    x = _slices()
+    clf, seg = MaxClassifier(0.8), BrightSegmenter(0.8)
+    result = Cascade(clf, seg, CPU, segmenter_batch=4)(x, threshold=0.5, use_classifier=False)
+    assert clf.calls == 0 and seg.calls == 10
+    assert result.selected.all() and np.isnan(result.slice_probs).all()
+    assert (result.seg_probs[2, 10:14, 12:20] > 0.99).all()
+
+
 def test_progress_is_reported_and_cancel_stops_between_batches():
     x = _slices(z=12)
     seen = []

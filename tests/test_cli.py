@@ -56,6 +56,17 @@ def test_segment_writes_seg_nrrd_labelmap_report_and_png_on_the_input_grid(case,
     assert (out / "pt_7_overview.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_no_classifier_segments_every_slice_and_reports_null_probabilities(case, tmp_path, capsys):
+    ct, marker, ct_path, _, model = case
+    out = tmp_path / "out"
+    rc = main(["segment", str(ct_path), "-o", str(out), "--model", str(model), "--device", "cpu",
+               "--no-classifier", "--progress", "none"])
+    assert rc == 0
+    report = json.loads((out / "pt_7_report.json").read_text())
+    assert report["slices_segmented"] == report["slices_total"] == ct.array.shape[0]
+    assert report["slice_probabilities"] == [None] * ct.array.shape[0]
+
+
 def test_progress_lines_are_parseable(case, tmp_path, capsys):
     _, _, ct_path, _, model = case
     assert main(["segment", str(ct_path), "-o", str(tmp_path / "o"), "--model", str(model), "--progress", "lines"]) == 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -371,7 +372,8 @@ class SegmentationLogic:
         except (OSError, ValueError) as exc:
             raise GTVAutoSegError(f"the inference wrote no readable report ({exc})") from None
         segmentation = readSegmentationFile(outputDir / f"{CASE_NAME}.seg.nrrd")
-        probabilities = [float(p) for p in report.get("slice_probabilities", [])]
+        # null: the classifier did not run (segmenter alone)
+        probabilities = [math.nan if p is None else float(p) for p in report.get("slice_probabilities", [])]
         threshold = float(report.get("threshold", 0.5))
         nk = volume.GetImageData().GetDimensions()[2]
         if len(probabilities) != nk:
