@@ -199,3 +199,35 @@ class DeepLabV3Plus(nn.Module):
 def _build_deeplabv3plus(cfg: NetConfig) -> nn.Module:
     p = cfg.params
     return DeepLabV3Plus(cfg.in_channels, cfg.out_channels, p["aspp_channels"], p["aspp_rates"], p["decoder_channels"])
+
+
+@register(
+    "unetr",
+    kind="segmenter",
+    params={"img_size": 96, "patch_size": 16, "feature_size": 16, "hidden_size": 768, "mlp_dim": 3072,
+            "num_heads": 12, "dropout": 0.0},
+)
+def _build_unetr(cfg: NetConfig) -> nn.Module:
+    """MONAI UNETR in 2D: a ViT encoder on 16 x 16 patches with a convolutional decoder.
+
+    Unlike the convolutional nets it takes one input size only, ``img_size`` x ``img_size``, which
+    must be the bundle's preprocessing size. The defaults are MONAI's ViT-B (87 M parameters in 2D);
+    ``hidden_size=384, mlp_dim=1536, num_heads=6`` gives a ViT-S encoder (23 M).
+    """
+    from monai.networks.nets import UNETR
+
+    p = cfg.params
+    if p["patch_size"] != 16:
+        # MONAI's UNETR decoder hard-codes four 2x up-samplings from the patch grid
+        raise ValueError("MONAI's UNETR works with 16 x 16 patches only")
+    return UNETR(
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        img_size=(p["img_size"], p["img_size"]),
+        feature_size=p["feature_size"],
+        hidden_size=p["hidden_size"],
+        mlp_dim=p["mlp_dim"],
+        num_heads=p["num_heads"],
+        dropout_rate=p["dropout"],
+        spatial_dims=2,
+    )
