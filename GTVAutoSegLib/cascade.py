@@ -38,6 +38,21 @@ class CascadeResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def z_windows(z: int, depth: int) -> list[int]:
+    """First slices of the ``depth``-slice windows a 3D segmenter runs on over ``z`` slices.
+
+    Windows overlap by half and the last one ends on the last slice; ``z <= depth`` gives one
+    window (the caller pads the stack to ``depth``).
+    """
+    if z <= depth:
+        return [0]
+    step = max(1, depth // 2)
+    starts = list(range(0, z - depth + 1, step))
+    if starts[-1] != z - depth:
+        starts.append(z - depth)
+    return starts
+
+
 def _seg_logits(out):
     # Multi-task segmenters return (segmentation, classification); the cascade wants the first.
     return out[0] if isinstance(out, (tuple, list)) else out
@@ -48,21 +63,27 @@ class Cascade:
 
     Args:
         classifier: ``(B, 1, H, W) -> (B, 2)`` logits.
-        segmenter: ``(B, 1, H, W) -> (B, 2, H, W)`` logits.
+        segmenter: ``(B, 1, H, W) -> (B, 2, H, W)`` logits; with ``segmenter_depth`` a 3D network
+            ``(1, 1, D, H, W) -> (1, 2, D, H, W)`` run on half-overlapping windows of D slices.
         device: where both run (chosen once by the caller).
         classifier_batch / segmenter_batch: slices per forward pass; with the chunking below
             only one batch of inputs and outputs lives on the device at a time, so a
             1000-slice CT needs no more GPU memory than a 32-slice one.
         amp: bf16 autocast and channels_last on CUDA (ignored on the CPU).
+        segmenter_depth: D of a 3D segmenter; None for a 2D one.
     """
 
     def __init__(self, classifier: nn.Module, segmenter: nn.Module, device: torch.device,
-                 classifier_batch: int = 64, segmenter_batch: int = 16, amp: bool = True):
+                 classifier_batch: int = 64, segmenter_batch: int = 16, amp: bool = True,
+                 segmenter_depth: int | None = None):
         self.device = device
         self.cuda = device.type == "cuda"
         fmt = torch.channels_last if (self.cuda and amp) else torch.contiguous_format
         self.classifier = classifier.to(device, memory_format=fmt).eval()
-        self.segmenter = segmenter.to(device, memory_format=fmt).eval()
+        self.segmenter_depth = segmenter_depth
+        # channels_last is a 4D layout; 3D convolutions keep the default one
+        self.segmenter = segmenter.to(device, memory_format=fmt if segmenter_depth is None else
+                                      torch.contiguous_format).eval()
         self.memory_format = fmt
         self.classifier_batch = classifier_batch
         self.segmenter_batch = segmenter_batch
@@ -103,6 +124,8 @@ class Cascade:
     def segment(self, slices: np.ndarray, selected: np.ndarray, progress: ProgressFn | None = None,
                 cancel: CancelFn | None = None) -> np.ndarray:
         """Foreground probability on the selected slices; zeros elsewhere. ``(Z, H, W)`` float16."""
+        if self.segmenter_depth is not None:
+            return self._segment_3d(slices, selected, progress, cancel)
         out = np.zeros(slices.shape, dtype=np.float16)
         idx = np.flatnonzero(selected)
         for start, part, x in self._batches(slices, idx, self.segmenter_batch):
@@ -113,6 +136,33 @@ class Cascade:
             out[part] = torch.softmax(logits.float(), dim=1)[:, 1].to(torch.float16).cpu().numpy()
             if progress:
                 progress("segmenter", min(1.0, (start + part.size) / max(idx.size, 1)))
+        return out
+
+    def _segment_3d(self, slices: np.ndarray, selected: np.ndarray, progress: ProgressFn | None,
+                    cancel: CancelFn | None) -> np.ndarray:
+        # Overlapping windows are averaged; a window with no selected slice is skipped, so behind
+        # the classifier a 3D segmenter also runs only near the selected slices.
+        z, d = slices.shape[0], self.segmenter_depth
+        stack = slices
+        if z < d:  # zero is air after windowing
+            stack = np.concatenate([slices, np.zeros((d - z, *slices.shape[1:]), slices.dtype)])
+        sel = np.zeros(stack.shape[0], bool)
+        sel[:z] = selected
+        starts = [s for s in z_windows(stack.shape[0], d) if sel[s:s + d].any()]
+        acc = np.zeros(stack.shape, np.float32)
+        count = np.zeros(stack.shape[0], np.float32)
+        for i, s in enumerate(starts):
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled during segmentation")
+            x = torch.from_numpy(np.ascontiguousarray(stack[s:s + d], dtype=np.float32))[None, None].to(self.device)
+            with self._autocast():
+                logits = _seg_logits(self.segmenter(x))
+            acc[s:s + d] += torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+            count[s:s + d] += 1
+            if progress:
+                progress("segmenter", (i + 1) / len(starts))
+        out = (acc[:z] / np.maximum(count[:z], 1)[:, None, None]).astype(np.float16)
+        out[~selected] = 0
         return out
 
     def __call__(self, slices: np.ndarray, threshold: float, progress: ProgressFn | None = None,

@@ -16,9 +16,10 @@ from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from .errors import GTVError
 
 
-def _as_index(target: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, H, W)`` or ``(B, H, W)`` -> ``(B, H, W)`` long."""
-    if target.dim() == 4:
+def _as_index(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Class indices without a channel axis: ``(B, 1, *S)`` or ``(B, *S)`` -> ``(B, *S)`` long,
+    where ``logits`` is ``(B, C, *S)`` (2D or 3D)."""
+    if target.dim() == logits.dim():
         target = target[:, 0]
     return target.long()
 
@@ -31,7 +32,7 @@ class _MonaiWrapped(nn.Module):
         self.loss = loss
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.loss(logits.float(), _as_index(target)[:, None])
+        return self.loss(logits.float(), _as_index(target, logits)[:, None])
 
 
 def soft_dice() -> nn.Module:
@@ -52,7 +53,7 @@ class CrossEntropy(nn.Module):
         self.register_buffer("weight", None if weight is None else torch.tensor(weight, dtype=torch.float32))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), _as_index(target), weight=self.weight)
+        return F.cross_entropy(logits.float(), _as_index(target, logits), weight=self.weight)
 
 
 class CRLoss(nn.Module):
@@ -66,7 +67,8 @@ class CRLoss(nn.Module):
     Args:
         alpha: the weight ``a`` of the confidence term.
     Shapes:
-        logits ``(B, C, H, W)``, target ``(B, H, W)`` integer classes -> scalar.
+        logits ``(B, C, H, W)``, target ``(B, H, W)`` integer classes -> scalar (3D alike:
+        ``(B, C, D, H, W)`` with ``(B, D, H, W)``).
     """
 
     def __init__(self, alpha: float = 0.1):
@@ -78,7 +80,7 @@ class CRLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        index = _as_index(target)
+        index = _as_index(target, logits)
         log_p = F.log_softmax(logits, dim=1)
         ce = F.nll_loss(log_p, index)
         eps = -log_p.mean()

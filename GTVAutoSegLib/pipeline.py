@@ -14,6 +14,7 @@ from .cascade import Cascade, CancelFn, ProgressFn
 from .device import resolve_device
 from .errors import Cancelled
 from .image import Image
+from .models import network_kind, resolve_config
 from .preprocessing import prepare, restore, restore_slice_values
 
 
@@ -74,7 +75,9 @@ class Segmenter:
         self.use_classifier = use_classifier
         self.postprocess = postprocess or bundle.postprocess
         classifier, segmenter = bundle.build_networks()
-        self.cascade = Cascade(classifier, segmenter, self.device)
+        seg_cfg = resolve_config(bundle.segmenter)
+        depth = seg_cfg.params["patch_depth"] if network_kind(seg_cfg.name) == "segmenter3d" else None
+        self.cascade = Cascade(classifier, segmenter, self.device, segmenter_depth=depth)
 
     def __call__(self, image: Image, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None) -> SegmentationResult:

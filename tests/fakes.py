@@ -46,3 +46,9 @@ def _max_classifier(cfg):
 @register("test_bright_segmenter", kind="segmenter", params={"level": 0.8})
 def _bright_segmenter(cfg):
     return BrightSegmenter(cfg.params["level"])
+
+
+@register("test_bright_segmenter3d", kind="segmenter3d", params={"level": 0.8, "patch_depth": 16})
+def _bright_segmenter3d(cfg):
+    # the same rule voxel by voxel: (1, 1, D, H, W) -> (1, 2, D, H, W)
+    return BrightSegmenter(cfg.params["level"])

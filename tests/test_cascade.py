@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from GTVAutoSegLib.bundle import ModelBundle, load_bundle, save_bundle
-from GTVAutoSegLib.cascade import Cascade
+from GTVAutoSegLib.cascade import Cascade, z_windows
 from GTVAutoSegLib.errors import Cancelled
 from GTVAutoSegLib.metrics import dice
 from GTVAutoSegLib.models import NetConfig, build_network
@@ -57,6 +57,43 @@ def test_without_the_classifier_every_slice_is_segmented_and_the_classifier_neve
     assert clf.calls == 0 and seg.calls == 10
     assert result.selected.all() and np.isnan(result.slice_probs).all()
     assert (result.seg_probs[2, 10:14, 12:20] > 0.99).all()
+
+
+@pytest.mark.parametrize("z, depth, starts", [(10, 16, [0]), (16, 16, [0]), (40, 16, [0, 8, 16, 24]),
+                                                (37, 16, [0, 8, 16, 21])])
+def test_z_windows_cover_every_slice_with_half_overlap(z, depth, starts):
+    got = z_windows(z, depth)
+    assert got == starts
+    covered = np.zeros(max(z, depth), int)
+    for s in got:
+        covered[s:s + depth] += 1
+    assert (covered[:z] >= 1).all() and max(s + depth for s in got) == max(z, depth)
+
+
+def test_3d_segmenter_runs_on_windows_near_selected_slices_only():
+    x = _slices(z=40, bright=(2, 3))
+    clf, seg = MaxClassifier(0.8), BrightSegmenter(0.8)
+    result = Cascade(clf, seg, CPU, segmenter_depth=16)(x, threshold=0.5)
+    assert np.array_equal(np.flatnonzero(result.selected), [2, 3])
+    assert seg.calls == 1  # only the first window (slices 0-15) holds a selected slice
+    assert (result.seg_probs[2, 10:14, 12:20] > 0.99).all()
+    assert result.seg_probs[~result.selected].max() == 0.0
+    alone = Cascade(MaxClassifier(0.8), BrightSegmenter(0.8), CPU, segmenter_depth=16)(x, 0.5, use_classifier=False)
+    assert alone.seg_probs.shape == x.shape and (alone.seg_probs[3, 10:14, 12:20] > 0.99).all()
+    short = Cascade(MaxClassifier(0.8), BrightSegmenter(0.8), CPU, segmenter_depth=16)(x[:5], 0.5)  # padded to 16
+    assert short.seg_probs.shape == (5, 32, 32) and (short.seg_probs[2, 10:14, 12:20] > 0.99).all()
+
+
+def test_pipeline_with_a_3d_segmenter_maps_back_onto_the_grid():
+    ct, marker = _phantom_with_marker()
+    spec = PreprocessSpec(window=(-1000.0, 3000.0), size=64)
+    c, s = NetConfig("test_max_classifier"), NetConfig("test_bright_segmenter3d", params={"patch_depth": 16})
+    bundle = ModelBundle.from_networks(build_network(c), build_network(s), name="fake3d", version="0.0.1",
+                                       classifier=c, segmenter=s, preprocess=spec, threshold=0.5)
+    seg = Segmenter(bundle, device="cpu")
+    assert seg.cascade.segmenter_depth == 16
+    result = seg(ct)
+    assert result.mask.same_grid(ct) and dice(result.mask.array, marker) >= 0.9
 
 
 def test_progress_is_reported_and_cancel_stops_between_batches():

@@ -87,3 +87,14 @@ def test_unknown_loss_and_bad_alpha_are_refused():
         build_loss("hinge")
     with pytest.raises(GTVError):
         CRLoss(alpha=1.5)
+
+
+@pytest.mark.parametrize("name", ["cr", "dice", "ce", "focal", "dice_ce"])
+def test_3d_logits_give_the_loss_of_their_slices_stacked(name):
+    # Every loss pools over the batch, so a (B, C, D, H, W) volume scores like its B*D slices.
+    torch.manual_seed(1)
+    logits = torch.randn(2, 2, 3, 8, 8)
+    target = (torch.rand(2, 3, 8, 8) > 0.7).long()
+    loss = build_loss(name)
+    flat_logits = logits.permute(0, 2, 1, 3, 4).reshape(6, 2, 8, 8)
+    torch.testing.assert_close(loss(logits, target), loss(flat_logits, target.reshape(6, 8, 8)))

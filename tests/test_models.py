@@ -61,29 +61,54 @@ def _library_networks(kind=None):
     return [n for n in available_networks(kind) if not n.startswith("test_")]
 
 
+# Params a network needs to run at the test size: UNETR takes exactly one input size; VNet's
+# depth must be a multiple of 16.
+TEST_PARAMS = {"unetr": {"img_size": SIZE}, "vnet": {"patch_depth": 16}}
+
+
 @pytest.mark.parametrize("name", _library_networks())
 def test_forward_shape_and_finite_gradients(name):
     # Batch size 1 in training mode also checks that no BatchNorm sees a single value per channel.
     torch.manual_seed(0)
-    net = build_network(NetConfig(name)).train()
-    out = net(torch.randn(1, 1, SIZE, SIZE))
+    net = build_network(NetConfig(name, params=TEST_PARAMS.get(name, {}))).train()
+    kind = network_kind(name)
+    spatial = (16, SIZE, SIZE) if kind == "segmenter3d" else (SIZE, SIZE)
+    out = net(torch.randn(1, 1, *spatial))
     if name == "sanet_mtl":
         seg, cls = out
         assert seg.shape == (1, 2, SIZE, SIZE) and cls.shape == (1, 2)
         loss = seg.square().mean() + cls.square().mean()
-    elif network_kind(name) == "classifier":
+    elif kind == "classifier":
         assert out.shape == (1, 2)
         loss = out.square().mean()
     else:
-        assert out.shape == (1, 2, SIZE, SIZE)
+        assert out.shape == (1, 2, *spatial)
         loss = out.square().mean()
     loss.backward()
-    # MONAI's UNet++ builds its deep-supervision heads even with deep supervision off.
-    unused = [n for n, p in net.named_parameters() if p.grad is None and "final_conv_0_" not in n]
+    # MONAI's UNet++ builds its deep-supervision heads even with deep supervision off, and its
+    # transformer blocks a cross-attention norm even without cross-attention (UNETR).
+    unused = [n for n, p in net.named_parameters()
+              if p.grad is None and "final_conv_0_" not in n and "norm_cross_attn" not in n]
     assert unused == []
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     assert all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_parameter_counts_of_the_peers():
+    # Reported in the comparison tables; pinned so a MONAI upgrade that changes them is noticed.
+    counts = {name: count_parameters(build_network(NetConfig(name))) for name in ("unetr", "vnet")}
+    vit_s = build_network(NetConfig("unetr", params={"img_size": 96, "hidden_size": 384, "mlp_dim": 1536, "num_heads": 6}))
+    assert counts["unetr"] == 87_164_866  # ViT-B/16 encoder
+    assert count_parameters(vit_s) == 22_754_626  # ViT-S/16 encoder, the comparison's UNETR
+    assert counts["vnet"] == 45_597_898
+
+
+def test_unetr_and_vnet_refuse_sizes_they_cannot_take():
+    with pytest.raises(GTVError, match="patch_depth must be a positive multiple of 16"):
+        build_network(NetConfig("vnet", params={"patch_depth": 24}))
+    with pytest.raises(GTVError, match="16 x 16 patches"):
+        build_network(NetConfig("unetr", params={"patch_size": 8}))
 
 
 @pytest.mark.parametrize("shape", [(96, 96), (64, 96)])
@@ -168,8 +193,10 @@ def test_params_override_the_architecture():
 def test_kinds():
     assert network_kind("resnet18_classifier") == "classifier"
     assert _library_networks("classifier") == ["resnet18_classifier"]
-    segmenters = {"sanet", "sanet_mtl", "unet", "resunet", "attention_unet", "unetpp", "basic_unet", "deeplabv3plus"}
+    segmenters = {"sanet", "sanet_mtl", "unet", "resunet", "attention_unet", "unetpp", "basic_unet", "deeplabv3plus",
+                  "unetr"}
     assert set(_library_networks("segmenter")) == segmenters
+    assert _library_networks("segmenter3d") == ["vnet"]
 
 
 def test_unknown_name_lists_the_known_ones():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from GTVAutoSegLib.bundle import ModelBundle, save_bundle
 from GTVAutoSegLib.errors import GTVError
-from GTVAutoSegLib.models import build_network
+from GTVAutoSegLib.models import SEGMENTER_KINDS, build_network
 
 from .train import git_commit, load_best
 
@@ -34,7 +34,7 @@ def _provenance(path: Path, best: dict) -> dict:
     return {
         "checkpoint": path.name,
         "network": cfg.network.name,
-        "loss": cfg.loss.name if cfg.kind == "segmenter" else "ce",
+        "loss": cfg.loss.name if cfg.kind in SEGMENTER_KINDS else "ce",
         "balance": cfg.balance,
         "data": {"layout": cfg.data.layout, "root": cfg.data.root, "target": cfg.data.target,
                  "split": cfg.data.split, "train_split": cfg.data.train_split, "val_split": cfg.data.val_split,
@@ -56,7 +56,7 @@ def build(classifier_ckpt: str | Path, segmenter_ckpt: str | Path, out: str | Pa
     cls_best, seg_best = load_best(classifier_ckpt), load_best(segmenter_ckpt)
     if cls_best["config"].kind != "classifier":
         raise GTVError(f"{classifier_ckpt} holds a {cls_best['config'].kind}, not a classifier")
-    if seg_best["config"].kind != "segmenter":
+    if seg_best["config"].kind not in SEGMENTER_KINDS:
         raise GTVError(f"{segmenter_ckpt} holds a {seg_best['config'].kind}, not a segmenter")
     spec = seg_best["config"].preprocess
     if cls_best["config"].preprocess.to_dict() != spec.to_dict():

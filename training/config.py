@@ -101,6 +101,8 @@ class TrainConfig:
             raise GTVError("batch_size and max_epochs must be >= 1, patience >= 0")
         if not 0.0 < self.recall_target <= 1.0:
             raise GTVError(f"recall_target must lie in (0, 1], got {self.recall_target}")
+        if self.kind == "segmenter3d" and self.augment.enabled:
+            raise GTVError("augmentation is 2D only; set augment.enabled=false for a 3D segmenter")
         if self.kind == "classifier" and self.loss.name not in ("ce", "cr"):
             raise GTVError(f"a classifier trains with cross-entropy; loss {self.loss.name!r} does not apply")
         return self

@@ -25,7 +25,7 @@ from torch import nn
 from GTVAutoSegLib.device import resolve_device
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.losses import build_loss
-from GTVAutoSegLib.models import build_network, count_parameters
+from GTVAutoSegLib.models import SEGMENTER_KINDS, build_network, count_parameters, resolve_config
 
 from . import distributed as D
 from .augment import augment_batch
@@ -34,6 +34,7 @@ from .data import SliceTable, build_slice_table, resolve_cache, split_cases
 from .engine import (SliceSource, StepLoss, Validation, autocast_for, epoch_rows, train_step,
                      validate_classifier, validate_segmenter)
 from .history import plot_curves, write_csv
+from .volumes import VolumeSource, patch_count, validate_segmenter3d
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_FORMAT = "gtvautoseg-train-checkpoint"
@@ -110,14 +111,20 @@ class Trainer:
         self.model: nn.Module = net
         if self.world.distributed:
             self.model = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.cuda else None)
-        seg_loss = build_loss(cfg.loss) if self.kind == "segmenter" else None
+        seg_loss = build_loss(cfg.loss) if self.kind in SEGMENTER_KINDS else None
         self.loss_fn = StepLoss(self.kind, seg_loss, cfg.loss.class_weights if self.kind == "classifier" else None).to(self.device)
+        # a 3D segmenter trains on patches of this many consecutive slices
+        self.depth = resolve_config(cfg.network).params["patch_depth"] if self.kind == "segmenter3d" else None
         self.optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             self.optimizer, T_0=cfg.optim.restart_epochs, T_mult=cfg.optim.restart_mult, eta_min=cfg.optim.min_lr)
         self.autocast = autocast_for(self.device, cfg.amp)
-        self.train_src = SliceSource(train, self.device, cfg.preload_to_device)
-        self.val_src = SliceSource(val, self.device, cfg.preload_to_device) if self.world.is_main else None
+        if self.depth is None:
+            self.train_src = SliceSource(train, self.device, cfg.preload_to_device)
+            self.val_src = SliceSource(val, self.device, cfg.preload_to_device) if self.world.is_main else None
+        else:
+            self.train_src = VolumeSource(train, self.device, self.depth)
+            self.val_src = VolumeSource(val, self.device, self.depth) if self.world.is_main else None
 
         self.epoch = 0
         self.best_score: tuple[float, ...] | None = None
@@ -196,6 +203,8 @@ class Trainer:
         if self.kind == "classifier":
             v = validate_classifier(self.net, self.val_src, self.val_table, cfg.val_batch_size, cfg.recall_target,
                                     self.autocast, self.memory_format)
+        elif self.kind == "segmenter3d":
+            v = validate_segmenter3d(self.net, self.val_src, self.loss_fn, self.autocast)
         else:
             v = validate_segmenter(self.net, self.val_src, self.val_table, cfg.val_batch_size, self.loss_fn,
                                    self.autocast, self.memory_format)
@@ -208,7 +217,9 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         t_start = time.monotonic()
         budget = cfg.time_budget_min * 60 if cfg.time_budget_min is not None else math.inf
-        n_val_fwd = int(self.val_table.tumour.sum()) if self.kind == "segmenter" else len(self.val_table)
+        # forward passes of a validation, in slices (3D: every slice, about twice with the overlap)
+        n_val_fwd = {"segmenter": int(self.val_table.tumour.sum()), "classifier": len(self.val_table)}.get(
+            self.kind, 2 * len(self.val_table))
         val_seconds: float | None = None
         sec_per_slice: float | None = None
         gen = torch.Generator(device=self.device)
@@ -234,7 +245,11 @@ class Trainer:
                 stop_reason = "time_budget"
                 break
             epoch = self.epoch + 1
-            rows = D.shard(epoch_rows(t.tumour, cfg.balance, cfg.seed, epoch, cfg.max_slices_per_epoch), world)
+            rows = epoch_rows(t.tumour, cfg.balance, cfg.seed, epoch, cfg.max_slices_per_epoch)
+            if self.depth is not None:  # the drawn slices become centres of fewer, deeper patches
+                rows = rows[:patch_count(rows.size, self.depth)]
+            rows = D.shard(rows, world)
+            per_item = self.depth or 1  # slices per batch item
             batches = [rows[i:i + cfg.batch_size] for i in range(0, rows.size, cfg.batch_size)]
             if len(batches) > 1 and batches[-1].size < 2:
                 batches.pop()  # BatchNorm needs two samples
@@ -247,13 +262,14 @@ class Trainer:
                     partial = True
                     break
                 x, y, flag = self.train_src.batch(b, self.memory_format)
-                x, y_aug = augment_batch(x, y if self.kind == "segmenter" else None, cfg.augment, gen)
-                y = y_aug if y_aug is not None else y
+                if self.depth is None:  # 2D augmentation; 3D patches go in as they are (config.validate)
+                    x, y_aug = augment_batch(x, y if self.kind == "segmenter" else None, cfg.augment, gen)
+                    y = y_aug if y_aug is not None else y
                 loss_sum += train_step(self.model, self.loss_fn, self.optimizer, x, y, flag, self.autocast)
                 self.scheduler.step(epoch - 1 + (i + 1) / len(batches))
                 steps += 1
-                epoch_slices += b.size * world.size
-                self.slices_seen += b.size * world.size
+                epoch_slices += b.size * per_item * world.size
+                self.slices_seen += b.size * per_item * world.size
                 sec_per_slice = (time.monotonic() - t_epoch) / (epoch_slices / world.size)
                 if bar is not None:
                     bar.update(1)
@@ -291,7 +307,8 @@ class Trainer:
                     self._save_best(v.metrics)
                 self._save(self.out / "last.pt", self._ckpt())
                 write_csv(self.history, self.out / "log.csv")
-                keys = ("val_dice", "val_dice_pooled") if self.kind == "segmenter" else ("val_recall", "val_precision", "val_auc")
+                keys = (("val_dice", "val_dice_pooled") if self.kind in SEGMENTER_KINDS
+                        else ("val_recall", "val_precision", "val_auc"))
                 plot_curves(self.history, self.out / "curves.png", keys)
                 decision = {"bad_epochs": self.bad_epochs}
             decision = D.broadcast_object(decision, world)

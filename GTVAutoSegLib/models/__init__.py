@@ -6,6 +6,7 @@
 
 from . import baselines, resnet, sanet  # noqa: F401  (importing registers the networks)
 from .registry import (
+    SEGMENTER_KINDS,
     NetConfig,
     available_networks,
     build_network,
@@ -17,6 +18,7 @@ from .registry import (
 )
 
 __all__ = [
+    "SEGMENTER_KINDS",
     "NetConfig",
     "available_networks",
     "build_network",

@@ -231,3 +231,21 @@ def _build_unetr(cfg: NetConfig) -> nn.Module:
         dropout_rate=p["dropout"],
         spatial_dims=2,
     )
+
+
+@register("vnet", kind="segmenter3d", params={"patch_depth": 32, "dropout": 0.5})
+def _build_vnet(cfg: NetConfig) -> nn.Module:
+    """MONAI VNet (Milletari et al. 2016), 3D: ``(B, C, D, H, W) -> (B, K, D, H, W)``.
+
+    It sees ``patch_depth`` consecutive model-space slices at once (training patches and inference
+    windows alike); D, H and W must be divisible by 16. ``dropout`` is MONAI's default 0.5 on the
+    deeper down and up blocks.
+    """
+    from monai.networks.nets import VNet
+
+    p = cfg.params
+    if p["patch_depth"] < 16 or p["patch_depth"] % 16:
+        raise ValueError(f"patch_depth must be a positive multiple of 16, got {p['patch_depth']}")
+    d = p["dropout"]
+    return VNet(spatial_dims=3, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+                dropout_prob_down=d, dropout_prob_up=(d, d))

@@ -1,7 +1,7 @@
 """Networks by name: a config dataclass, a registry of builders, and a parameter counter.
 
 A model bundle stores a :class:`NetConfig` as JSON; :func:`build_network` turns it back into a
-module. Every registered network declares its kind ("classifier" or "segmenter") and the params it
+module. Every registered network declares its kind ("classifier", "segmenter" or "segmenter3d") and the params it
 takes with their defaults, so a config from a bundle is checked before anything is built.
 """
 
@@ -15,7 +15,8 @@ from torch import nn
 
 from ..errors import GTVError
 
-KINDS = ("classifier", "segmenter")
+KINDS = ("classifier", "segmenter", "segmenter3d")
+SEGMENTER_KINDS = ("segmenter", "segmenter3d")
 
 Builder = Callable[["NetConfig"], nn.Module]
 
@@ -89,7 +90,9 @@ def register(name: str, *, kind: str, params: dict[str, Any] | None = None) -> C
 
     Args:
         name: the name a :class:`NetConfig` uses.
-        kind: "classifier" (``(B, C, H, W) -> (B, K)``) or "segmenter" (``(B, C, H, W) -> (B, K, H, W)``).
+        kind: "classifier" (``(B, C, H, W) -> (B, K)``), "segmenter" (``(B, C, H, W) -> (B, K, H, W)``)
+            or "segmenter3d" (``(B, C, D, H, W) -> (B, K, D, H, W)``, run on stacks of
+            ``params["patch_depth"]`` model-space slices).
         params: every param the network takes, with its default. :func:`build_network` passes the
             builder a config whose ``params`` hold all of them (defaults filled in).
     """
@@ -126,7 +129,7 @@ def available_networks(kind: str | None = None) -> list[str]:
 
 
 def network_kind(name: str) -> str:
-    """"classifier" or "segmenter"."""
+    """"classifier", "segmenter" or "segmenter3d"."""
     return _entry(name).kind
 
 
