@@ -25,6 +25,16 @@ def test_every_table_row_has_a_config_or_is_external():
             assert row.arm in ("cascade", "alone")
 
 
+def test_every_classifier_of_the_bss_grid_has_a_config():
+    grid = experiments.TABLES[3]
+    assert len(grid.rows) == 20
+    for row in grid.rows:
+        if row.classifier is not None:
+            assert load_config(experiments.CONFIGS / f"{row.classifier}.json").kind == "classifier"
+    ratios = {load_config(experiments.CONFIGS / f"{r.run}.json").balance for r in grid.rows}
+    assert ratios == {"1:0", "1:1", "1:2", "1:4", "original"}
+
+
 def test_runs_needed_are_unique_in_first_use_order_without_external_rows():
     tables = experiments.parse_tables("5,2")
     keys = experiments.runs_needed(tables)
@@ -32,6 +42,10 @@ def test_runs_needed_are_unique_in_first_use_order_without_external_rows():
     assert len(keys) == len(set(keys)) and "nnunet_2d" not in keys and "vnet3d" in keys
     with pytest.raises(GTVError, match="comma list"):
         experiments.parse_tables("2,7")
+    shared = experiments.Row("x", "sanet", "cascade")
+    other = experiments.Row("y", "sanet", "cascade", classifier="classifier_bss_1-4")
+    assert experiments.eval_folder(Path("/r"), shared) == Path("/r/sanet")
+    assert experiments.eval_folder(Path("/r"), other) == Path("/r/sanet/with_classifier_bss_1-4")
     assert [t.number for t in experiments.parse_tables("table4, 6")] == [4, 6]
 
 

@@ -52,13 +52,17 @@ class Row:
         label: what the table calls the method.
         run: a key under ``training/configs/exp`` (trained here) or an external run folder
             under ``training/runs/exp`` (``external=True``).
-        arm: ``cascade`` (behind the shared classifier) or ``alone`` (every slice).
+        arm: ``cascade`` (behind a classifier) or ``alone`` (every slice).
+        external: trained and evaluated outside this driver (nnU-Net).
+        classifier: a classifier key under ``training/configs/exp`` (trained here); None is the
+            shared classifier every other row uses.
     """
 
     label: str
     run: str
     arm: str
     external: bool = False
+    classifier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,11 @@ _PEERS_2D = (
     ("UNETR 2D, ViT-S/16 encoder (MONAI UNETR)", "unetr"),
 )
 
+_BSS_SEGMENTERS = (("1:0", "sanet_bss_1-0"), ("1:1", "sanet"), ("1:2", "sanet_bss_1-2"), ("1:4", "sanet_bss_1-4"),
+                   ("original", "sanet_bss_original"))
+_BSS_CLASSIFIERS = (("1:1", None), ("1:2", "classifier_bss_1-2"), ("1:4", "classifier_bss_1-4"),
+                    ("original", "classifier_bss_original"))
+
 TABLES: dict[int, Table] = {
     2: Table(2, "End-to-end and cascade peers", (
         *(Row(label, key, "alone") for label, key in _PEERS_2D),
@@ -91,6 +100,11 @@ TABLES: dict[int, Table] = {
     4: Table(4, "HCF with each 2D segmenter behind the same classifier", tuple(
         Row(f"ResNet18 + {label}", key, "cascade") for label, key in (*_PEERS_2D, ("SANet", "sanet"))
     )),
+    3: Table(3, "Balance-sampling grid: classifier ratio x segmenter ratio (tumour : normal slices)", tuple(
+        Row(f"classifier {c}, SANet {r}", key, "cascade", classifier=clf)
+        for c, clf in _BSS_CLASSIFIERS for r, key in _BSS_SEGMENTERS
+    ), "Classifier recall is on the validation slices at the classifier's own operating threshold "
+       "(validation recall >= 0.95). The 1:1 classifier is the shared one of the other tables."),
     5: Table(5, "Ablation", (
         Row("HCF (SANet with SAM and PPM)", "sanet", "cascade"),
         Row("without SAM (bilinear upsampling in the decoder)", "sanet_no_sam", "cascade"),
@@ -181,58 +195,91 @@ def ensure_classifier(s: RunSettings) -> Path:
     return s.classifier
 
 
-def run_one(key: str, s: RunSettings, classifier: Path) -> str:
-    """Train, bundle and evaluate one key; each step is skipped when its output is there."""
-    config = CONFIGS / f"{key}.json"
-    if not config.is_file():
-        raise GTVError(f"no config {config.relative_to(ROOT)} for run {key!r}")
-    out = s.runs / key
-    out.mkdir(parents=True, exist_ok=True)
-    env = _env(s.threads)
-    record_path = out / "pipeline.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {"steps": []}
-    with open(out / "pipeline.log", "a") as log:
-        steps = []
-        if not (out / "summary.json").is_file():
-            steps.append(("train", train_command(s, config, out, s.budget_min)))
-        bundle = out / "bundle.pt"
-        if not bundle.is_file():
-            steps.append(("bundle", [s.python, "-m", "training.build_bundle", "--classifier", str(classifier),
-                                     "--segmenter", str(out / "best.pt"), "--out", str(bundle),
-                                     "--name", f"exp-{key}", "--anatomic-region", "head and neck"]))
-        if not (out / "eval" / "per_patient.csv").is_file():
-            cmd = [s.python, "-m", "training.evaluate", "--bundle", str(bundle), "--split", s.split,
-                   "--device", s.device, "--out", str(out / "eval")]
-            if s.max_patients:
-                cmd += ["--max-patients", str(s.max_patients)]
-            steps.append(("evaluate", cmd))
+def _record_step(folder: Path, name: str, cmd: list[str], seconds: float, s: RunSettings, **extra) -> None:
+    path = folder / "pipeline.json"
+    record = json.loads(path.read_text()) if path.is_file() else {"steps": []}
+    record["steps"].append({"step": name, "command": " ".join(cmd), "seconds": round(seconds, 1),
+                            "threads": s.threads, "device": s.device, "git_commit": git_commit(),
+                            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    record.update(extra)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+
+
+def _run_steps(folder: Path, steps: list[tuple[str, list[str]]], s: RunSettings, **extra) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "pipeline.log", "a") as log:
         for name, cmd in steps:
             t = time.perf_counter()
-            _step(cmd, log, env)
-            record["steps"].append({"step": name, "command": " ".join(cmd), "seconds": round(time.perf_counter() - t, 1),
-                                    "threads": s.threads, "device": s.device, "git_commit": git_commit(),
-                                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-            record["classifier"] = str(classifier)
-            tmp = record_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1))
-            tmp.replace(record_path)
+            _step(cmd, log, _env(s.threads))
+            _record_step(folder, name, cmd, time.perf_counter() - t, s, **extra)
+
+
+def train_key(key: str, s: RunSettings, budget_min: float) -> str:
+    """Train ``configs/exp/<key>.json`` into ``runs/<key>`` unless it has finished before."""
+    config = CONFIGS / f"{key}.json"
+    if not config.is_file():
+        raise GTVError(f"no config {_rel(config)} for run {key!r}")
+    out = s.runs / key
+    if not (out / "summary.json").is_file():
+        _run_steps(out, [("train", train_command(s, config, out, budget_min))], s)
     return key
 
 
-def run(tables: list[Table], s: RunSettings, jobs: int) -> int:
-    keys = runs_needed(tables)
-    classifier = ensure_classifier(s)
+def eval_folder(runs: Path, row: Row) -> Path:
+    """Where a row's bundle and evaluation live: the segmenter's run folder behind the shared
+    classifier, a sub-folder behind another one."""
+    return runs / row.run if row.classifier is None else runs / row.run / f"with_{row.classifier}"
+
+
+def evaluate_pair(row: Row, s: RunSettings, shared_classifier: Path) -> str:
+    """Bundle the row's segmenter behind its classifier and evaluate it (each step skipped when done)."""
+    out = eval_folder(s.runs, row)
+    classifier = shared_classifier if row.classifier is None else s.runs / row.classifier / "best.pt"
+    arms = "cascade,alone" if row.classifier is None else "cascade"
+    steps = []
+    bundle = out / "bundle.pt"
+    if not bundle.is_file():
+        steps.append(("bundle", [s.python, "-m", "training.build_bundle", "--classifier", str(classifier),
+                                 "--segmenter", str(s.runs / row.run / "best.pt"), "--out", str(bundle),
+                                 "--name", f"exp-{row.run}", "--anatomic-region", "head and neck"]))
+    if not (out / "eval" / "per_patient.csv").is_file():
+        cmd = [s.python, "-m", "training.evaluate", "--bundle", str(bundle), "--split", s.split, "--arms", arms,
+               "--device", s.device, "--out", str(out / "eval")]
+        if s.max_patients:
+            cmd += ["--max-patients", str(s.max_patients)]
+        steps.append(("evaluate", cmd))
+    _run_steps(out, steps, s, classifier=str(classifier))
+    return str(out)
+
+
+def _parallel(fn, items, jobs: int, what: str) -> int:
     failures = 0
-    print(f"{len(keys)} runs: {', '.join(keys)}; {jobs} at a time, {s.threads} thread(s) each", flush=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_one, k, s, classifier): k for k in keys}
-        for fut, key in futures.items():
+        futures = {pool.submit(fn, item): item for item in items}
+        for fut, item in futures.items():
             try:
                 fut.result()
-                print(f"done: {key}", flush=True)
+                print(f"{what} done: {item}", flush=True)
             except GTVError as exc:
                 failures += 1
-                print(f"failed: {key}: {exc}", flush=True)
+                print(f"{what} failed: {item}: {exc}", flush=True)
+    return failures
+
+
+def run(tables: list[Table], s: RunSettings, jobs: int) -> int:
+    """Train every run the tables need (segmenters at ``budget_min``, extra classifiers at
+    ``classifier_budget_min``), then bundle and evaluate every (segmenter, classifier) pair."""
+    keys = runs_needed(tables)
+    classifier_keys = list(dict.fromkeys(r.classifier for t in tables for r in t.rows if r.classifier))
+    shared = ensure_classifier(s)
+    print(f"{len(keys)} segmenter runs: {', '.join(keys)}; classifier runs: {', '.join(classifier_keys) or 'none'}; "
+          f"{jobs} at a time, {s.threads} thread(s) each", flush=True)
+    items = [(k, s.budget_min) for k in keys] + [(k, s.classifier_budget_min) for k in classifier_keys]
+    failures = _parallel(lambda item: train_key(item[0], s, item[1]), items, jobs, "train")
+    pairs = list({(r.run, r.classifier): r for t in tables for r in t.rows if not r.external}.values())
+    failures += _parallel(lambda row: evaluate_pair(row, s, shared), pairs, jobs, "evaluate")
     return failures
 
 
@@ -256,7 +303,8 @@ def _mean_std(v: np.ndarray, digits: int) -> str:
 def row_metrics(row: Row, runs: Path = RUNS) -> dict | None:
     """What a table shows for ``row``; None when the run or its evaluation is missing."""
     folder = runs / row.run
-    per_patient = folder / "eval" / "per_patient.csv"
+    evals = eval_folder(runs, row)
+    per_patient = evals / "eval" / "per_patient.csv"
     if not per_patient.is_file():
         return None
     rows = _read_rows(per_patient, row.arm)
@@ -264,8 +312,8 @@ def row_metrics(row: Row, runs: Path = RUNS) -> dict | None:
         return None
     dice, hd = _floats(rows, "dice"), _floats(rows, "hd95_mm")
     info = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
-    record = json.loads((folder / "pipeline.json").read_text()) if (folder / "pipeline.json").is_file() else {}
-    params = _params(folder, row.arm, record)
+    record = json.loads((evals / "pipeline.json").read_text()) if (evals / "pipeline.json").is_file() else {}
+    params = _params(evals, row.arm, record)
     budget = (info.get("config") or {}).get("time_budget_min") or record.get("budget_min")
     train_s = info.get("wall_seconds", record.get("train_seconds"))
     eval_step = next((st for st in reversed(record.get("steps", [])) if st["step"] == "evaluate"), {})
@@ -358,7 +406,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.experiments", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train, bundle and evaluate what the tables need")
-    r.add_argument("--tables", default="2,4,5,6")
+    r.add_argument("--tables", default="2,3,4,5,6")
     r.add_argument("--budget-min", type=float, required=True, help="training wall-clock budget of every segmenter")
     r.add_argument("--device", default="auto")
     r.add_argument("--jobs", type=int, default=1, help="runs side by side")
@@ -371,7 +419,7 @@ def main(argv=None) -> int:
     r.add_argument("--only", help="comma list of run keys to do (default: all the tables need)")
     r.add_argument("--runs-dir", default=str(RUNS), help="where the runs go")
     rp = sub.add_parser("report", help="write training/results/table<N>.md from the runs there are")
-    rp.add_argument("--tables", default="2,4,5,6")
+    rp.add_argument("--tables", default="2,3,4,5,6")
     rp.add_argument("--command", default=None, help="the run command to print in the tables (default: read from the runs)")
     rp.add_argument("--runs-dir", default=str(RUNS), help="where the runs are")
     rp.add_argument("--out", default=str(RESULTS), help="where the tables go")
