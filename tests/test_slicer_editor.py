@@ -208,16 +208,9 @@ def test_paint_erase_islands_undo_then_save(backgroundBundle, tmp_path):
     np.testing.assert_array_equal(current(), afterEdits)
 
     # Saved through the segmentation storage node; read back through MRML ...
-    assert seg.AddDefaultStorageNode()
     savedPath = tmp_path / "corrected.seg.nrrd"
-    seg.GetStorageNode().SetFileName(str(savedPath))
-    assert seg.GetStorageNode().WriteData(seg)
-    scene2, _keep2 = testing.newScene()
+    scene2, reloaded, _keep2 = testing.saveAndReload(seg, savedPath)
     volume2 = loadVolume(scene2, path)
-    reloaded = scene2.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    reader = slicer.vtkMRMLSegmentationStorageNode()
-    reader.SetFileName(str(savedPath))
-    assert reader.ReadData(reloaded)
     assert reloaded.GetSegmentation().GetSegment(segmentId).GetName() == "GTV"
     np.testing.assert_array_equal(testing.segmentArray(reloaded, segmentId, volume2).astype(bool), afterEdits)
 

@@ -166,17 +166,8 @@ def test_real_ct_fills_segmentation_node_with_gtv(shared_data, bundles, tmp_path
     assert [r.sliceIndex for r in logic.reviewList(seg, 0.4)] == list(range(nk))
 
     # Saved through the MRML storage node and read back in a fresh scene: the same voxels and metadata.
-    assert seg.AddDefaultStorageNode()
-    storage = seg.GetStorageNode()
-    savedPath = tmp_path / "lung1_gtv.seg.nrrd"
-    storage.SetFileName(str(savedPath))
-    assert storage.WriteData(seg)
-    scene2, _keep2 = testing.newScene()
+    scene2, reloaded, _keep2 = testing.saveAndReload(seg, tmp_path / "lung1_gtv.seg.nrrd")
     volume2 = loadVolume(scene2, ctPath)
-    reloaded = scene2.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    reader = slicer.vtkMRMLSegmentationStorageNode()
-    reader.SetFileName(str(savedPath))
-    assert reader.ReadData(reloaded)
     reloadedSegment = reloaded.GetSegmentation().GetSegment(segmentId)
     assert reloadedSegment.GetName() == "GTV"
     assert reloadedSegment.GetColor() == pytest.approx(GTV_COLOR)

@@ -101,3 +101,25 @@ def ijkToRasArray(volumeNode) -> np.ndarray:
     m = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(m)
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def saveAndReload(segmentationNode, path: str | Path):
+    """Save through the node's own ``.seg.nrrd`` storage node (as File > Save does) and read the
+    file back into a new segmentation node of a fresh scene.
+
+    Returns:
+        ``(scene, reloadedNode, keep)``; hold ``keep`` while the scene is used (see :func:`newScene`).
+    """
+    if segmentationNode.GetStorageNode() is None and not segmentationNode.AddDefaultStorageNode():
+        raise RuntimeError("the segmentation node has no storage node")
+    storage = segmentationNode.GetStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.WriteData(segmentationNode):
+        raise RuntimeError(f"could not write {path}")
+    scene, keep = newScene()
+    reloaded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    reader = slicer.vtkMRMLSegmentationStorageNode()
+    reader.SetFileName(str(path))
+    if not reader.ReadData(reloaded):
+        raise RuntimeError(f"could not read {path} back")
+    return scene, reloaded, keep
