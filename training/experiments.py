@@ -422,6 +422,7 @@ def main(argv=None) -> int:
     rp.add_argument("--tables", default="2,3,4,5,6")
     rp.add_argument("--command", default=None, help="the run command to print in the tables (default: read from the runs)")
     rp.add_argument("--runs-dir", default=str(RUNS), help="where the runs are")
+    rp.add_argument("--note", help="the budget sentence under the command (default: from the last run command)")
     rp.add_argument("--out", default=str(RESULTS), help="where the tables go")
     args = p.parse_args(argv)
     try:
@@ -446,7 +447,7 @@ def main(argv=None) -> int:
         state_path = runs / "last_command.json"
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
         command = args.command or state.get("command", "python -m training.experiments run --budget-min ...")
-        note = _budget_note(state)
+        note = args.note or _budget_note(state)
         for path in report(tables, command, note, Path(args.out), runs):
             print(path)
     except GTVError as exc:

@@ -46,8 +46,10 @@ def plan(args) -> None:
     dataset_id = args.dataset[len("Dataset"):len("Dataset") + 3]
     if not (pre / "nnUNetPlans.json").is_file() or not any(pre.glob(f"nnUNetPlans_{args.configuration}")):
         exe = Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"
+        # planning sets torch's thread count from nnUNet_n_proc_DA, which must then be positive
+        env = dict(os.environ, nnUNet_n_proc_DA=str(max(1, args.threads)))
         subprocess.run([str(exe), "-d", dataset_id, "-c", args.configuration, "-np", "1", "-npfp", "1",
-                        "--verify_dataset_integrity"], check=True)
+                        "--verify_dataset_integrity"], check=True, env=env)
     # our split: the project's training patients train, its validation patients validate
     split = json.loads((raw / "split.json").read_text())
     (pre / "splits_final.json").write_text(json.dumps([split], indent=1))
