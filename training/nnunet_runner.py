@@ -76,16 +76,23 @@ def _trainer_class():
                 t_epoch = time.monotonic()
                 self.on_epoch_start()
                 self.on_train_epoch_start()
-                outputs = []
+                outputs, step_s = [], 0.0
                 for _ in range(self.num_iterations_per_epoch):
+                    t_step = time.monotonic()
                     outputs.append(self.train_step(next(self.dataloader_train)))
                     iterations += 1
-                    if time.monotonic() - t0 > budget_s:
+                    step_s = time.monotonic() - t_step
+                    # stop before a step that would end past the budget, keeping time to validate
+                    if time.monotonic() - t0 + 1.5 * step_s > budget_s:
                         break
                 self.on_train_epoch_end(outputs)
+                out_of_time = time.monotonic() - t0 + step_s > budget_s
                 with torch.no_grad():
                     self.on_validation_epoch_start()
-                    val = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
+                    # nnU-Net's per-epoch validation only logs a pseudo Dice (the final checkpoint is
+                    # used either way); past the budget one batch of it is enough
+                    n_val = 1 if out_of_time else self.num_val_iterations_per_epoch
+                    val = [self.validation_step(next(self.dataloader_val)) for _ in range(n_val)]
                     self.on_validation_epoch_end(val)
                 self.on_epoch_end()
                 if epoch_s is None:
