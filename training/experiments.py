@@ -334,6 +334,7 @@ def row_metrics(row: Row, runs: Path = RUNS) -> dict | None:
         "infer_device": f"{eval_step.get('device', record.get('device', '?'))}, {eval_step.get('threads', record.get('threads', '?'))} thr",
         "commit": (info.get("git_commit") or record.get("git_commit") or "?")[:12],
         "stop_reason": info.get("stop_reason", ""),
+        "nnunet": info.get("nnunet"),
     }
 
 
@@ -364,7 +365,7 @@ def table_markdown(table: Table, command: str, budget_note: str, runs: Path = RU
     if table.note:
         lines += [table.note, ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "| --- |" + " ---: |" * (len(COLUMNS) - 1)]
-    missing, infer_devices = [], set()
+    missing, infer_devices, footnotes = [], set(), []
     for row in table.rows:
         m = row_metrics(row, runs)
         if m is None:
@@ -372,6 +373,11 @@ def table_markdown(table: Table, command: str, budget_note: str, runs: Path = RU
             lines.append(f"| {row.label} | - | not run |" + " - |" * (len(COLUMNS) - 3))
             continue
         infer_devices.add(m["infer_device"])
+        if m["nnunet"]:
+            n = m["nnunet"]
+            footnotes.append(f"{row.label}: nnU-Net's own plan (batch {n['batch_size']}, patch "
+                             f"{' x '.join(map(str, n['patch_size']))}, {n['params']:,} parameters) ran {n['iterations']} "
+                             f"training iterations in its budget; its default schedule is 1000 epochs x 250 iterations.")
         gpu = m["infer_s"] if m["infer_device"].startswith("cuda") else "not measured"
         cpu = m["infer_s"] if m["infer_device"].startswith("cpu") else "not measured"
         lines.append("| " + " | ".join([
@@ -384,6 +390,8 @@ def table_markdown(table: Table, command: str, budget_note: str, runs: Path = RU
               "classifier passed to the segmenter. Params of a cascade row include the classifier's. "
               f"Inference ran on: {', '.join(sorted(infer_devices)) or 'n/a'} (whole pipeline per patient: "
               "preprocess, networks, inverse)."]
+    for note in footnotes:
+        lines += ["", note]
     if missing:
         lines += ["", "Not run yet: " + "; ".join(
             f"{r.label} (`{r.run}`" + (", external: see training/nnunet.py" if r.external else "") + ")" for r in missing) + "."]
