@@ -55,7 +55,7 @@ def test_export_writes_nnunet_v2_raw_layout_and_reads_back_identical(two_cases, 
         assert np.array_equal(mask2.array, mask.array) and mask2.array.sum() > 0
         label = io.read_mask(folder / "labelsTr" / f"{case.patient}.nii.gz")
         assert set(np.unique(label.array).tolist()) == {0, 1}  # only the target, as label 1
-    assert not any((folder / ".writing").iterdir())
+    assert not list(folder.rglob(".*tmp-*"))  # no temporary file left behind
 
 
 def test_export_refuses_overlapping_or_empty_splits(two_cases, tmp_path):

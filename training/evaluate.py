@@ -33,6 +33,14 @@ COLUMNS = ("patient", "arm", "dice", "jaccard", "hd95_mm", "fp_slices", "fn_slic
            "volume_pred_cc", "volume_ref_cc", "classifier_recall", "classifier_fp_slices", "seconds")
 
 
+def metric_row(patient: str, arm: str, mask, ref) -> dict:
+    """One per-patient row of ``per_patient.csv`` for a predicted mask against its reference (same
+    grid); the classifier columns are NaN until the caller fills them in."""
+    m = evaluate_case(mask, ref)
+    return {"patient": patient, "arm": arm, **{k: m[k] for k in COLUMNS if k in m},
+            "classifier_recall": math.nan, "classifier_fp_slices": math.nan}
+
+
 def evaluate_cases(bundle_path: str | Path, cases: list[CaseRef], arms=ARMS, device: str = "auto",
                    progress: bool = True) -> list[dict]:
     """One row per case and arm.
@@ -54,13 +62,10 @@ def evaluate_cases(bundle_path: str | Path, cases: list[CaseRef], arms=ARMS, dev
             t = time.perf_counter()
             with torch.inference_mode():
                 result = seg(ct)
-            m = evaluate_case(result.mask, ref)
-            row = {"patient": case.patient, "arm": arm, **{k: m[k] for k in COLUMNS if k in m}}
+            row = metric_row(case.patient, arm, result.mask, ref)
             if arm == "cascade":
                 row["classifier_recall"] = slice_recall(result.selected, ref.array)
                 row["classifier_fp_slices"] = false_positive_slices(result.selected, ref.array)
-            else:
-                row["classifier_recall"] = row["classifier_fp_slices"] = math.nan
             row["seconds"] = time.perf_counter() - t
             rows.append(row)
     return rows

@@ -38,11 +38,10 @@ import numpy as np
 from GTVAutoSegLib import io
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.image import Image
-from GTVAutoSegLib.metrics import evaluate_case
 
 from .config import load_config
 from .data import CaseRef, load_case, split_cases
-from .evaluate import COLUMNS, summary_markdown, write_rows
+from .evaluate import metric_row, summary_markdown, write_rows
 from .train import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,16 +65,13 @@ def _check_case_id(patient: str) -> None:
         raise GTVError(f"case id {patient!r} cannot be an nnU-Net file name")
 
 
-def _write(image: Image, path: Path) -> None:
-    # Written beside the dataset and renamed in, so an interrupted export never leaves a file that
-    # nnU-Net would take for a case.
+def _write_ct(ct: Image, path: Path) -> None:
+    # atomic: an interrupted export never leaves a file that nnU-Net would take for a case
     import SimpleITK as sitk
 
-    tmp_dir = path.parent.parent / ".writing"
-    tmp_dir.mkdir(exist_ok=True)
-    tmp = tmp_dir / path.name  # same suffix: SimpleITK picks the writer by it
-    sitk.WriteImage(image.to_sitk(), str(tmp), True)
-    tmp.replace(path)
+    array = ct.array.astype(np.int16) if _integral(ct.array) else ct.array.astype(np.float32)
+    with io.atomic_output(path) as tmp:
+        sitk.WriteImage(ct.with_array(array).to_sitk(), str(tmp), True)
 
 
 def export_raw(train: list[CaseRef], validation: list[CaseRef], raw_root: str | Path, dataset_id: int,
@@ -100,9 +96,8 @@ def export_raw(train: list[CaseRef], validation: list[CaseRef], raw_root: str | 
         label_path = folder / "labelsTr" / f"{case.patient}{FILE_ENDING}"
         if not (image_path.is_file() and label_path.is_file()):
             ct, mask = load_case(case)
-            _write(ct.with_array(ct.array.astype(np.int16) if _integral(ct.array) else ct.array.astype(np.float32)),
-                   image_path)
-            _write(mask.with_array((mask.array > 0).astype(np.uint8)), label_path)
+            _write_ct(ct, image_path)
+            io.write_labelmap(mask, label_path)  # uint8, target = 1
     for case in validation:
         test_path = folder / "imagesTs" / f"{case.patient}_0000{FILE_ENDING}"
         if not test_path.is_file():
@@ -143,9 +138,7 @@ def evaluate_predictions(pred_dir: str | Path, cases: list[CaseRef], seconds_per
     for case in cases:
         ct, ref = load_case(case)
         mask = read_prediction(Path(pred_dir) / f"{case.patient}{FILE_ENDING}", ct)
-        m = evaluate_case(mask, ref)
-        row = {"patient": case.patient, "arm": "alone", **{k: m[k] for k in COLUMNS if k in m}}
-        row["classifier_recall"] = row["classifier_fp_slices"] = math.nan
+        row = metric_row(case.patient, "alone", mask, ref)
         row["seconds"] = seconds_per_case
         rows.append(row)
     return rows
