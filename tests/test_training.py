@@ -99,6 +99,33 @@ def test_lung_nrrd_through_nnunet_and_structseg_layouts(shared_data, tmp_path):
         structseg_cases(tmp_path / "nnunet")
 
 
+def test_two_runs_preparing_the_same_case_at_once_both_get_the_cache(tmp_path, monkeypatch):
+    # Two trainings started together on a cold cache both prepare pt_1; the second one writes and
+    # renames its file while the first is between writing and renaming. Each writer must use its
+    # own temporary name (the old shared ".tmp.npz" made the first rename fail).
+    from training import data as data_mod
+    ct, mask = make_phantom(shape=(8, 64, 64), spacing=(1.0, 1.0, 2.5), seed=3)
+    sitk.WriteImage(ct.to_sitk(), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(mask.to_sitk(), str(tmp_path / "mask.nii.gz"))
+    case = data_mod.CaseRef("pt_1", tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz")
+    cache, spec = tmp_path / "cache", SPEC64
+    real_savez, calls = np.savez, []
+
+    def savez_then_other_writer(file, **arrays):
+        real_savez(file, **arrays)
+        calls.append(file)
+        if len(calls) == 1:  # the other run, in the middle of this one's write
+            data_mod._load_or_prepare(case, spec, cache)
+
+    monkeypatch.setattr(data_mod.np, "savez", savez_then_other_writer)
+    images, masks, _, flags = data_mod._load_or_prepare(case, spec, cache)
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert [p.name for p in cache.iterdir()] == [f"pt_1-{data_mod._cache_key(case, spec)}.npz"]
+    again = data_mod._load_or_prepare(case, spec, cache)
+    np.testing.assert_array_equal(again[1], masks)
+    np.testing.assert_array_equal(again[3], flags)
+
+
 # ----------------------------------------------------------------------------- splits and sampling
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.image import Image
-from GTVAutoSegLib.io import read_ct, read_mask
+from GTVAutoSegLib.io import atomic_output, read_ct, read_mask
 from GTVAutoSegLib.preprocessing import PreprocessSpec, prepare, to_model_space
 
 logger = logging.getLogger(__name__)
@@ -250,9 +250,10 @@ def _load_or_prepare(case: CaseRef, spec: PreprocessSpec, cache: Path | None):
     images, masks, spacing, flags = prepare_case(*load_case(case), spec)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, masks=masks, spacing=np.asarray(spacing), flags=flags)
-        tmp.replace(path)  # atomic, so a killed run never leaves half a cache file
+        # a unique temporary name, renamed when complete: a killed run never leaves half a cache
+        # file, and two runs preparing the same case at once do not trip over each other
+        with atomic_output(path) as tmp:
+            np.savez(tmp, images=images, masks=masks, spacing=np.asarray(spacing), flags=flags)
     return images, masks, spacing, flags
 
 
