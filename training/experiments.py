@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from GTVAutoSegLib.errors import GTVError
+from GTVAutoSegLib.metrics import summarise
 
 from .train import git_commit
 
@@ -287,17 +286,18 @@ def run(tables: list[Table], s: RunSettings, jobs: int) -> int:
 
 
 def _read_rows(path: Path, arm: str) -> list[dict]:
+    """The ``arm``'s rows of a ``per_patient.csv``, numbers as floats (an empty cell is NaN)."""
+    def value(key: str, text: str):
+        if key in ("patient", "arm"):
+            return text
+        return float(text) if text not in (None, "") else math.nan
+
     with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r["arm"] == arm]
+        return [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(f) if r["arm"] == arm]
 
 
-def _floats(rows: list[dict], key: str) -> np.ndarray:
-    return np.array([float(r[key]) if r.get(key) not in (None, "") else math.nan for r in rows], dtype=float)
-
-
-def _mean_std(v: np.ndarray, digits: int) -> str:
-    v = v[np.isfinite(v)]
-    return "n/a" if v.size == 0 else f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+def _mean_std(stat: dict, digits: int) -> str:
+    return "n/a" if stat["n"] == 0 else f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def row_metrics(row: Row, runs: Path = RUNS) -> dict | None:
@@ -310,7 +310,7 @@ def row_metrics(row: Row, runs: Path = RUNS) -> dict | None:
     rows = _read_rows(per_patient, row.arm)
     if not rows:
         return None
-    dice, hd = _floats(rows, "dice"), _floats(rows, "hd95_mm")
+    stats = summarise(rows)  # finite values only; HD95 is inf when a mask is empty
     info = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
     record = json.loads((evals / "pipeline.json").read_text()) if (evals / "pipeline.json").is_file() else {}
     params = _params(evals, row.arm, record)
@@ -319,18 +319,18 @@ def row_metrics(row: Row, runs: Path = RUNS) -> dict | None:
     eval_step = next((st for st in reversed(record.get("steps", [])) if st["step"] == "evaluate"), {})
     return {
         "patients": len(rows),
-        "dice": _mean_std(dice, 3),
-        "dice_median": f"{np.nanmedian(dice):.3f}",
-        "hd95": _mean_std(hd, 1),
-        "hd95_undefined": int((~np.isfinite(hd)).sum()),
-        "jaccard": _mean_std(_floats(rows, "jaccard"), 3),
-        "fp_slices": f"{np.nanmean(_floats(rows, 'fp_slices')):.2f}",
-        "recall": (f"{np.nanmean(_floats(rows, 'classifier_recall')):.3f}" if row.arm == "cascade" else "-"),
+        "dice": _mean_std(stats["dice"], 3),
+        "dice_median": f"{stats['dice']['median']:.3f}",
+        "hd95": _mean_std(stats["hd95_mm"], 1),
+        "hd95_undefined": stats["hd95_mm"]["n_inf"] + stats["hd95_mm"]["n_nan"],
+        "jaccard": _mean_std(stats["jaccard"], 3),
+        "fp_slices": f"{stats['fp_slices']['mean']:.2f}",
+        "recall": (f"{stats['classifier_recall']['mean']:.3f}" if row.arm == "cascade" else "-"),
         "params_m": "?" if params is None else f"{params / 1e6:.2f}",
         "train": ("?" if train_s is None else f"{float(train_s) / 60:.1f}")
                  + (f" of {budget:g}" if budget else "") + (f" ({info['stop_reason']})" if info.get("stop_reason") else "")
                  + (f", {info['slices_seen']:,} slices" if info.get("slices_seen") else ""),
-        "infer_s": f"{np.nanmean(_floats(rows, 'seconds')):.2f}",
+        "infer_s": f"{stats['seconds']['mean']:.2f}",
         "infer_device": f"{eval_step.get('device', record.get('device', '?'))}, {eval_step.get('threads', record.get('threads', '?'))} thr",
         "commit": (info.get("git_commit") or record.get("git_commit") or "?")[:12],
         "stop_reason": info.get("stop_reason", ""),
