@@ -53,6 +53,22 @@ def z_windows(z: int, depth: int) -> list[int]:
     return starts
 
 
+def average_windows(shape: tuple[int, ...], depth: int, starts: list[int],
+                    predict: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """Stitch a 3D network's window predictions over a ``shape = (Z, H, W)`` stack.
+
+    ``predict(i, start)`` returns the ``(depth, H, W)`` probabilities of window ``i`` (slices
+    ``start`` to ``start + depth``); overlapping windows are averaged and slices no window covers
+    stay 0. Both inference (:class:`Cascade`) and validation during training stitch this way.
+    """
+    acc = np.zeros(shape, np.float32)
+    count = np.zeros(shape[0], np.float32)
+    for i, s in enumerate(starts):
+        acc[s:s + depth] += predict(i, s)
+        count[s:s + depth] += 1
+    return acc / np.maximum(count, 1)[:, None, None]
+
+
 def _seg_logits(out):
     # Multi-task segmenters return (segmentation, classification); the cascade wants the first.
     return out[0] if isinstance(out, (tuple, list)) else out
@@ -149,19 +165,18 @@ class Cascade:
         sel = np.zeros(stack.shape[0], bool)
         sel[:z] = selected
         starts = [s for s in z_windows(stack.shape[0], d) if sel[s:s + d].any()]
-        acc = np.zeros(stack.shape, np.float32)
-        count = np.zeros(stack.shape[0], np.float32)
-        for i, s in enumerate(starts):
+
+        def predict(i: int, s: int) -> np.ndarray:
             if cancel is not None and cancel():
                 raise Cancelled("cancelled during segmentation")
             x = torch.from_numpy(np.ascontiguousarray(stack[s:s + d], dtype=np.float32))[None, None].to(self.device)
             with self._autocast():
                 logits = _seg_logits(self.segmenter(x))
-            acc[s:s + d] += torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
-            count[s:s + d] += 1
             if progress:
                 progress("segmenter", (i + 1) / len(starts))
-        out = (acc[:z] / np.maximum(count[:z], 1)[:, None, None]).astype(np.float16)
+            return torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+
+        out = average_windows(stack.shape, d, starts, predict)[:z].astype(np.float16)
         out[~selected] = 0
         return out
 

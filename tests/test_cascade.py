@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from GTVAutoSegLib.bundle import ModelBundle, load_bundle, save_bundle
-from GTVAutoSegLib.cascade import Cascade, z_windows
+from GTVAutoSegLib.cascade import Cascade, average_windows, z_windows
 from GTVAutoSegLib.errors import Cancelled
 from GTVAutoSegLib.metrics import dice
 from GTVAutoSegLib.models import NetConfig, build_network
@@ -68,6 +68,19 @@ def test_z_windows_cover_every_slice_with_half_overlap(z, depth, starts):
     for s in got:
         covered[s:s + depth] += 1
     assert (covered[:z] >= 1).all() and max(s + depth for s in got) == max(z, depth)
+
+
+def test_average_windows_means_the_overlaps_and_leaves_uncovered_slices_zero():
+    # windows of 4 at 0 and 2 over 8 slices (slices 6-7 uncovered): window i predicts i + 1 everywhere
+    calls = []
+
+    def predict(i, start):
+        calls.append((i, start))
+        return np.full((4, 2, 3), float(i + 1), np.float32)
+
+    out = average_windows((8, 2, 3), 4, [0, 2], predict)
+    assert calls == [(0, 0), (1, 2)] and out.shape == (8, 2, 3)
+    np.testing.assert_allclose(out[:, 0, 0], [1, 1, 1.5, 1.5, 2, 2, 0, 0])
 
 
 def test_3d_segmenter_runs_on_windows_near_selected_slices_only():

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from GTVAutoSegLib.cascade import z_windows
+from GTVAutoSegLib.cascade import average_windows, z_windows
 
 from .data import SliceTable
 from .engine import StepLoss, Validation, _split_output
@@ -97,19 +97,19 @@ def validate_segmenter3d(model, source: VolumeSource, loss_fn: StepLoss, autocas
             pad = d - z
             x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
             y = torch.cat([y, y.new_zeros((pad, *y.shape[1:]))])
-        prob = torch.zeros(x.shape, dtype=torch.float32)
-        count = torch.zeros(x.shape[0], dtype=torch.float32)
-        for s in z_windows(x.shape[0], d):
+        losses = []
+
+        def predict(i: int, s: int) -> np.ndarray:
             xb = x[s:s + d][None, None].to(source.device)
             yb = y[s:s + d][None].to(source.device)
             with autocast:
                 out = model(xb)
             seg, _ = _split_output(out)
-            loss_sum += float(loss_fn(out, yb, torch.ones(1, dtype=torch.int64, device=source.device)))
-            n_windows += 1
-            prob[s:s + d] += torch.softmax(seg.float(), 1)[0, 1].cpu()
-            count[s:s + d] += 1
-        prob = prob[:z] / count[:z].clamp(min=1)[:, None, None]
+            losses.append(float(loss_fn(out, yb, torch.ones(1, dtype=torch.int64, device=source.device))))
+            return torch.softmax(seg.float(), 1)[0, 1].cpu().numpy()
+
+        prob = torch.from_numpy(average_windows(tuple(x.shape), d, z_windows(x.shape[0], d), predict)[:z])
+        loss_sum, n_windows = loss_sum + sum(losses), n_windows + len(losses)
         tumour = torch.from_numpy(table.tumour[rows])
         pred = (prob >= 0.5)[tumour]
         ref = (y[:z] == 1)[tumour]
