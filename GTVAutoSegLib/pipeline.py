@@ -79,6 +79,12 @@ class Segmenter:
         depth = seg_cfg.params["patch_depth"] if network_kind(seg_cfg.name) == "segmenter3d" else None
         self.cascade = Cascade(classifier, segmenter, self.device, segmenter_depth=depth)
 
+    def to_mask(self, image: Image, seg_probs: np.ndarray, state) -> np.ndarray:
+        """Model-space foreground probabilities (``state`` from ``prepare(image, ...)``) -> uint8
+        mask on the image's grid: the exact inverse, probability >= 0.5, the postprocess spec."""
+        prob = restore(seg_probs.astype(np.float32), state)
+        return keep_components((prob >= 0.5).astype(np.uint8), image.spacing, self.postprocess)
+
     def __call__(self, image: Image, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None) -> SegmentationResult:
         timings = {}
@@ -97,9 +103,7 @@ class Segmenter:
         t = time.perf_counter()
         if progress:
             progress("inverse", 0.0)
-        prob = restore(result.seg_probs.astype(np.float32), state)
-        mask = (prob >= 0.5).astype(np.uint8)
-        mask = keep_components(mask, image.spacing, self.postprocess)
+        mask = self.to_mask(image, result.seg_probs, state)
         slice_probs = restore_slice_values(result.slice_probs, state)
         selected = restore_slice_values(result.selected.astype(np.float32), state) > 0.5
         timings["inverse"] = time.perf_counter() - t

@@ -108,15 +108,31 @@ def _f(v: float, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", required=True)
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Which patients to evaluate: a training config's data section and a split."""
     p.add_argument("--config", help="training config whose data section says where the data is (default: OpenKBP)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as in train")
     p.add_argument("--split", default="validation",
                    help="OpenKBP split folder to evaluate; 'config' takes the validation side of the config's split")
-    p.add_argument("--arms", default="cascade,alone", help="comma list of: cascade, alone")
     p.add_argument("--max-patients", type=int)
+
+
+def cases_from_args(args: argparse.Namespace):
+    """``(data config, cases)`` for the arguments of :func:`add_data_args`."""
+    data = load_config(args.config, args.set).data
+    if data.layout == "openkbp" and args.split != "config":
+        root = Path(data.root) if Path(data.root).is_absolute() else ROOT / data.root
+        cases = openkbp_cases(root, args.split, data.target)
+    else:
+        cases = split_cases(data, ROOT)[1]
+    return data, (cases[: args.max_patients] if args.max_patients else cases)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", required=True)
+    add_data_args(p)
+    p.add_argument("--arms", default="cascade,alone", help="comma list of: cascade, alone")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="folder for per_patient.csv and summary.md")
     args = p.parse_args(argv)
@@ -125,13 +141,7 @@ def main(argv=None) -> int:
         arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
         if not arms or set(arms) - set(ARMS):
             raise GTVError(f"--arms takes a comma list of {', '.join(ARMS)}")
-        data = load_config(args.config, args.set).data
-        if data.layout == "openkbp" and args.split != "config":
-            root = Path(data.root) if Path(data.root).is_absolute() else ROOT / data.root
-            cases = openkbp_cases(root, args.split, data.target)
-        else:
-            cases = split_cases(data, ROOT)[1]
-        cases = cases[: args.max_patients] if args.max_patients else cases
+        data, cases = cases_from_args(args)
         t = time.perf_counter()
         rows = evaluate_cases(args.bundle, cases, arms, args.device)
         out = Path(args.out)
