@@ -83,3 +83,11 @@ def test_report_computes_each_row_from_its_run_and_marks_missing_rows(tmp_path):
     assert "not run" in lines["without HCF (SANet alone on every slice)"]
     assert "Not run yet:" in text and "`sanet_no_ppm`" in text
     assert np.isclose(np.std([0.5, 0.7]), 0.1)
+
+
+def test_budget_note_names_the_classifier_budget_when_the_run_recorded_it():
+    state = {"budget_min": 10, "device": "cpu", "threads": 1, "jobs": 2, "max_slices_per_epoch": 1024,
+             "classifier": str(experiments.ROOT / "training" / "runs" / "classifier" / "best.pt")}
+    note = experiments._budget_note(state)
+    assert "at most 10 min" in note and "training/runs/classifier/best.pt" in note and "Table 3" not in note
+    assert "(Table 3) at most 7.5 min each" in experiments._budget_note({**state, "classifier_budget_min": 7.5})

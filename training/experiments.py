@@ -450,6 +450,7 @@ def main(argv=None) -> int:
             state = {"command": "python -m training.experiments " + " ".join(argv if argv is not None else sys.argv[1:]),
                      "budget_min": args.budget_min, "device": args.device, "jobs": args.jobs, "threads": args.threads,
                      "max_slices_per_epoch": args.max_slices_per_epoch, "classifier": str(s.classifier),
+                     "classifier_budget_min": args.classifier_budget_min,
                      "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             runs.mkdir(parents=True, exist_ok=True)
             (runs / "last_command.json").write_text(json.dumps(state, indent=1))
@@ -474,7 +475,9 @@ def _budget_note(state: dict) -> str:
             f"`{state['device']}` ({state['threads']} thread(s) each, {state['jobs']} run(s) side by side"
             + (f", at most {slices} slices per epoch" if slices else "") + "), "
             f"same data, preprocessing, BSS ratio, seed and schedule unless the row says otherwise; "
-            f"shared classifier `{Path(state['classifier']).relative_to(ROOT) if Path(state['classifier']).is_relative_to(ROOT) else state['classifier']}`.")
+            f"shared classifier `{Path(state['classifier']).relative_to(ROOT) if Path(state['classifier']).is_relative_to(ROOT) else state['classifier']}`"
+            + (f"; classifiers trained by this driver (Table 3) at most {state['classifier_budget_min']:g} min each"
+               if state.get("classifier_budget_min") is not None else "") + ".")
 
 
 if __name__ == "__main__":
