@@ -81,7 +81,7 @@ _PEERS_2D = (
     ("UNETR 2D, ViT-S/16 encoder (MONAI UNETR)", "unetr"),
 )
 
-_BSS_SEGMENTERS = (("1:0", "sanet_bss_1-0"), ("1:1", "sanet"), ("1:2", "sanet_bss_1-2"), ("1:4", "sanet_bss_1-4"),
+_BSS_SEGMENTERS = (("1:0", "sanet_bss_1-0"), ("1:1", "sanet_bss_1-1"), ("1:2", "sanet_bss_1-2"), ("1:4", "sanet_bss_1-4"),
                    ("original", "sanet_bss_original"))
 _BSS_CLASSIFIERS = (("1:1", "classifier_bss_1-1"), ("1:2", "classifier_bss_1-2"), ("1:4", "classifier_bss_1-4"),
                     ("original", "classifier_bss_original"))
