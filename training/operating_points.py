@@ -92,19 +92,20 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
               "classifier slice recall | classifier FP slices / patient | volume pred / ref (median) | "
               "FP voxels inside other ROIs |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    thresholds = list(dict.fromkeys(r["threshold"] for r in rows if not math.isnan(r["threshold"])))
-    for t in [math.nan, *thresholds]:
-        part = [r for r in rows if (math.isnan(r["threshold"]) if math.isnan(t) else r["threshold"] == t)]
-        s = summarise([{k: v for k, v in r.items() if k not in ("threshold", "patient")} for r in part])
+    groups: dict[str | float, list[dict]] = {}  # "alone" first: case_rows puts it first
+    for r in rows:
+        groups.setdefault("alone" if math.isnan(r["threshold"]) else r["threshold"], []).append(r)
+    for t, part in groups.items():
+        s = summarise(part)
         in_other = [r for r in part if not math.isnan(r["fp_voxels_in_other_rois"])]
         fp_all = sum(r["fp_voxels"] for r in in_other)
         share = (f"{sum(r['fp_voxels_in_other_rois'] for r in in_other) / fp_all:.2f}" if fp_all else "-")
         lines.append("| " + " | ".join([
-            "alone (every slice)" if math.isnan(t) else f"{t:.4g}",
+            "alone (every slice)" if t == "alone" else f"{t:.4g}",
             f"{s['dice']['mean']:.3f}", f"{s['dice']['median']:.3f}", f"{s['fp_slices']['mean']:.2f}",
             f"{sum(r['fp_slices'] <= 1 for r in part)} of {len(part)}",
-            "-" if math.isnan(t) else f"{s['classifier_recall']['mean']:.3f}",
-            "-" if math.isnan(t) else f"{s['classifier_fp_slices']['mean']:.2f}",
+            "-" if t == "alone" else f"{s['classifier_recall']['mean']:.3f}",
+            "-" if t == "alone" else f"{s['classifier_fp_slices']['mean']:.2f}",
             f"{s['volume_ratio']['median']:.2f}", share,
         ]) + " |")
     lines += ["", "Dice is 3D per patient on the CT's own grid. FP slices: slices of the final mask without "
