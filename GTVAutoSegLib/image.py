@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
+
+from .errors import MissingModule
+
+try:
+    import SimpleITK as sitk
+except ImportError as exc:  # arrays work without it; see MissingModule
+    sitk = MissingModule("SimpleITK", exc)
 
 
 @dataclass

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import GTVError
-from .image import Image
+from .image import Image, sitk
 
 logger = logging.getLogger(__name__)
 

@@ -436,3 +436,22 @@ def test_missing_pynrrd_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(GTVError, match="pip install pynrrd"):
         write_seg_nrrd(synthetic_mask(), tmp_path / "x.seg.nrrd")
     assert not list(tmp_path.iterdir())
+
+
+def test_without_simpleitk_the_library_imports_and_file_io_says_what_is_missing(tmp_path):
+    """The borrowed GPU machines have no SimpleITK: arrays and networks must still work there."""
+    import subprocess
+
+    src = tmp_path / "ct.nii.gz"
+    write_labelmap(synthetic_mask(), src)
+    script = ("import sys; sys.modules['SimpleITK'] = None\n"
+              "from GTVAutoSegLib import io, pipeline\n"
+              "from GTVAutoSegLib.errors import GTVError\n"
+              "try:\n"
+              f"    io.read_ct({str(src)!r})\n"
+              "except GTVError as exc:\n"
+              "    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("SimpleITK is not installed") and done.stdout.count("\n") == 1

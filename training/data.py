@@ -69,6 +69,8 @@ class DataConfig:
         max_train_patients / max_val_patients: keep only the first N (after the seeded shuffle) of
             each side, for quick runs; None keeps all.
         cache_dir: where prepared cases are cached (git-ignored); empty string disables the cache.
+        pack: a folder made by ``python -m training.tablepack build``; when set, the tables come from
+            it (no image file is read) and ``max_*_patients`` choose among its patients.
     """
 
     layout: str = "openkbp"
@@ -84,6 +86,7 @@ class DataConfig:
     max_train_patients: int | None = None
     max_val_patients: int | None = None
     cache_dir: str = "training/cache"
+    pack: str = ""
 
 
 # ------------------------------------------------------------------------------------ readers
@@ -340,6 +343,16 @@ def split_cases(cfg: DataConfig, project_root: Path) -> tuple[list[CaseRef], lis
     keep_t = set(_first([c.patient for c in train], cfg.max_train_patients, cfg.seed))
     keep_v = set(_first([c.patient for c in val], cfg.max_val_patients, cfg.seed + 1))
     return [c for c in train if c.patient in keep_t], [c for c in val if c.patient in keep_v]
+
+
+def packed_tables(cfg: DataConfig, spec: PreprocessSpec, project_root: Path) -> tuple[SliceTable, SliceTable]:
+    """``(train, val)`` from ``cfg.pack``, cut to ``max_*_patients`` as :func:`split_cases` would."""
+    from .tablepack import read_tables
+
+    path = Path(cfg.pack)
+    train, val = read_tables(path if path.is_absolute() else project_root / path, spec)
+    return (train.subset(_first(train.patients, cfg.max_train_patients, cfg.seed)),
+            val.subset(_first(val.patients, cfg.max_val_patients, cfg.seed + 1)))
 
 
 def resolve_cache(cfg: DataConfig, project_root: Path) -> Path | None:

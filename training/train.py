@@ -30,7 +30,7 @@ from GTVAutoSegLib.models import SEGMENTER_KINDS, build_network, count_parameter
 from . import distributed as D
 from .augment import augment_batch
 from .config import TrainConfig, config_from_dict, load_config
-from .data import SliceTable, build_slice_table, resolve_cache, split_cases
+from .data import SliceTable, build_slice_table, packed_tables, resolve_cache, split_cases
 from .engine import (SliceSource, StepLoss, Validation, autocast_for, epoch_rows, train_step,
                      validate_classifier, validate_segmenter)
 from .history import plot_curves, write_csv
@@ -55,6 +55,8 @@ def git_commit(root: Path = ROOT) -> str:
 
 def load_tables(cfg: TrainConfig, world: D.World, root: Path = ROOT) -> tuple[SliceTable, SliceTable]:
     """Training and validation slice tables; rank 0 fills the cache first, the others read it."""
+    if cfg.data.pack:
+        return packed_tables(cfg.data, cfg.preprocess, root)
     train_cases, val_cases = split_cases(cfg.data, root)
     cache = resolve_cache(cfg.data, root)
     tables = None
