@@ -33,7 +33,8 @@ LUNG_WINDOW = (-800.0, 400.0)
 MODES = ("resize", "spacing")
 
 # The body mask only feeds a bounding box that gets a 10 mm margin, so it is computed on a grid of
-# about this pixel size: full-resolution morphology on 512 x 512 x 60 takes ~3 s of CPU.
+# about this pixel size (every round(1.5 / spacing)-th pixel): full-resolution morphology on a
+# 150-slice 512 x 512 CT at 0.98 mm took 2.9 s of this project's CPU, the 1.96 mm grid 0.4 s.
 _BODY_GRID_MM = 1.5
 
 
@@ -236,7 +237,8 @@ def _disk(ry: int, rx: int) -> np.ndarray:
     return ((yy / max(ry, 0.5)) ** 2 + (xx / max(rx, 0.5)) ** 2 <= 1.0)[None]
 
 
-def body_mask(array: np.ndarray, spacing_xy: tuple[float, float], threshold_hu: float, erosion_mm: float) -> np.ndarray:
+def body_mask(array: np.ndarray, spacing_xy: tuple[float, float], threshold_hu: float, erosion_mm: float,
+              fill_holes: bool = True) -> np.ndarray:
     """Patient body on an axial stack.
 
     Args:
@@ -246,6 +248,7 @@ def body_mask(array: np.ndarray, spacing_xy: tuple[float, float], threshold_hu: 
         erosion_mm: in-plane erosion radius that separates the couch and thin bridges before the
             largest 3D connected component is kept; the component is then dilated back within the
             thresholded voxels and its in-plane holes (lungs, bowel gas) filled.
+        fill_holes: False skips the filling, which never moves the body's bounding box.
 
     Returns:
         ``(Z, Y, X)`` bool; all False when nothing is above the threshold.
@@ -265,26 +268,34 @@ def body_mask(array: np.ndarray, spacing_xy: tuple[float, float], threshold_hu: 
     body = labels == counts.argmax()
     if disk is not None:
         body = ndi.binary_dilation(body, disk) & candidates
-    return np.stack([ndi.binary_fill_holes(s) for s in body]) if body.size else body
+    if not fill_holes or not body.size:
+        return body
+    return np.stack([ndi.binary_fill_holes(s) for s in body])
 
 
 def _body_box(lps: np.ndarray, lps_spacing, spec: PreprocessSpec) -> tuple[tuple[int, int, int, int], bool]:
     """``(y0, y1, x0, x1)`` half-open, with margin and clipped, and whether a body was found."""
     _, ny, nx = lps.shape
     sx, sy = lps_spacing[0], lps_spacing[1]
-    step = max(1, int(_BODY_GRID_MM / min(sx, sy)))
-    mask = body_mask(lps[:, ::step, ::step], (sx * step, sy * step), spec.body_threshold_hu, spec.body_erosion_mm)
+    step = max(1, round(_BODY_GRID_MM / min(sx, sy)))
+    mask = body_mask(lps[:, ::step, ::step], (sx * step, sy * step), spec.body_threshold_hu, spec.body_erosion_mm,
+                     fill_holes=False)
+    if not mask.any():
+        return (0, ny, 0, nx), False
+    if step > 1:
+        # Back to the fine grid for the edges: the fine candidates within one coarse pixel of the
+        # coarse body (a coarse pixel stands for the `step` fine ones around its sample).
+        grown = ndi.binary_dilation(mask, np.ones((1, 3, 3), bool))
+        mask = np.repeat(np.repeat(grown, step, axis=1), step, axis=2)[:, :ny, :nx]
+        mask &= lps > spec.body_threshold_hu
     rows = np.flatnonzero(mask.any(axis=(0, 2)))
     cols = np.flatnonzero(mask.any(axis=(0, 1)))
-    if rows.size == 0:
-        return (0, ny, 0, nx), False
-    # a coarse pixel stands for `step` fine ones; cover all of them
     my = int(math.ceil(spec.margin_mm / sy))
     mx = int(math.ceil(spec.margin_mm / sx))
-    y0 = max(0, rows[0] * step - my)
-    y1 = min(ny, (rows[-1] + 1) * step + my)
-    x0 = max(0, cols[0] * step - mx)
-    x1 = min(nx, (cols[-1] + 1) * step + mx)
+    y0 = max(0, rows[0] - my)
+    y1 = min(ny, rows[-1] + 1 + my)
+    x0 = max(0, cols[0] - mx)
+    x1 = min(nx, cols[-1] + 1 + mx)
     return (int(y0), int(y1), int(x0), int(x1)), True
 
 

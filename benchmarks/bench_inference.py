@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from GTVAutoSegLib import io
 from GTVAutoSegLib.bundle import ModelBundle, open_model
+from GTVAutoSegLib.image import Image, sitk
 from GTVAutoSegLib.models import NetConfig, build_network
 from GTVAutoSegLib.phantom import make_phantom
 from GTVAutoSegLib.pipeline import Segmenter
@@ -34,6 +34,55 @@ def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def build_segmenter(model: str | None, size: int, device: str) -> Segmenter:
+    """The given bundle, or an untrained classifier + SANet at ``size`` (same cost as trained)."""
+    if model:
+        bundle = open_model(model)
+    else:
+        c_cfg, s_cfg = NetConfig("resnet18_classifier"), NetConfig("sanet")
+        bundle = ModelBundle.from_networks(build_network(c_cfg), build_network(s_cfg), name="untrained", version="0",
+                                           classifier=c_cfg, segmenter=s_cfg, preprocess=PreprocessSpec(size=size))
+    return Segmenter(bundle, device=device)
+
+
+def select_slices(seg: Segmenter, ct: Image, count: int) -> None:
+    """Set the threshold so that the segmenter gets exactly ``count`` slices of ``ct``.
+
+    Cost depends on how many slices the segmenter gets: a real model does not recognise the
+    phantom's tumour and an untrained one is random, so select as many as a typical case has.
+    """
+    slices, _ = prepare(ct, seg.bundle.preprocess)
+    probs = seg.cascade.classify(slices)
+    seg.threshold = float(np.sort(probs)[::-1][count - 1]) if count > 0 else float("inf")
+
+
+def time_stages(seg: Segmenter, ct: Image, repeats: int, with_files: bool = True) -> dict[str, float]:
+    """Median seconds per stage over ``repeats`` runs after one warm-up (allocator, cuDNN autotune).
+
+    With ``with_files`` the CT is read from NIfTI and the result written as ``.seg.nrrd`` (needs
+    SimpleITK); without, the pipeline starts from the array in memory and ``read``/``write`` are absent.
+    """
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "ct.nii.gz"
+        if with_files:
+            sitk.WriteImage(ct.to_sitk(), str(src))
+        for rep in range(repeats + 1):
+            t0 = time.perf_counter()
+            image = io.read_ct(src) if with_files else ct
+            t_read = time.perf_counter() - t0
+            result = seg(image)
+            t = time.perf_counter()
+            if with_files:
+                io.write_seg_nrrd(result.mask, Path(tmp) / "out.seg.nrrd")
+            t_write = time.perf_counter() - t
+            total = time.perf_counter() - t0
+            if rep:
+                files = {"read": t_read, "write": t_write} if with_files else {}
+                rows.append({**files, **result.timings, "total": total, "segmented": int(result.selected.sum())})
+    return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
 
 
 def main() -> None:
@@ -47,40 +96,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_flush_denormal(True)
 
-    ct, mask = make_phantom(shape=(args.slices, 512, 512), spacing=(0.98, 0.98, 2.5), seed=0,
-                            tumour_slices=args.tumour_slices)
-    if args.model:
-        bundle = open_model(args.model)
-    else:
-        c_cfg, s_cfg = NetConfig("resnet18_classifier"), NetConfig("sanet")
-        bundle = ModelBundle.from_networks(build_network(c_cfg), build_network(s_cfg), name="untrained", version="0",
-                                           classifier=c_cfg, segmenter=s_cfg,
-                                           preprocess=PreprocessSpec(size=args.size))
-    seg = Segmenter(bundle, device=args.device)
-    # Cost depends on how many slices the segmenter gets: select exactly as many as the phantom has
-    # tumour slices (a real model does not recognise the phantom's tumour; an untrained one is random).
-    slices, _ = prepare(ct, bundle.preprocess)
-    probs = seg.cascade.classify(slices)
-    seg.threshold = float(np.sort(probs)[::-1][args.tumour_slices - 1])
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "ct.nii.gz"
-        sitk.WriteImage(ct.to_sitk(), str(src))
-        rows = []
-        for rep in range(args.repeats + 1):
-            t0 = time.perf_counter()
-            image = io.read_ct(src)
-            t_read = time.perf_counter() - t0
-            result = seg(image)
-            t = time.perf_counter()
-            io.write_seg_nrrd(result.mask, Path(tmp) / "out.seg.nrrd")
-            t_write = time.perf_counter() - t
-            total = time.perf_counter() - t0
-            if rep:  # the first run is a warm-up (allocator, cuDNN autotune)
-                rows.append({"read": t_read, **result.timings, "write": t_write, "total": total,
-                             "segmented": int(result.selected.sum())})
-    med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
-    print(f"machine: {machine_name(seg.device)}; torch {torch.__version__}; model input {bundle.preprocess.size}; "
+    ct, _ = make_phantom(shape=(args.slices, 512, 512), spacing=(0.98, 0.98, 2.5), seed=0,
+                         tumour_slices=args.tumour_slices)
+    seg = build_segmenter(args.model, args.size, args.device)
+    select_slices(seg, ct, args.tumour_slices)
+    med = time_stages(seg, ct, args.repeats)
+    print(f"machine: {machine_name(seg.device)}; torch {torch.__version__}; model input {seg.bundle.preprocess.size}; "
           f"{args.slices} x 512 x 512 CT; segmenter on {int(med['segmented'])} slices; median of {args.repeats}")
     stages = ["read", "preprocess", "classifier", "segmenter", "inverse", "write", "total"]
     print("| " + " | ".join(stages) + " |")
