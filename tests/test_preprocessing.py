@@ -169,8 +169,9 @@ def test_reorientation_matches_dicomorient(direction):
 # ---------------------------------------------------------------- crop, shapes, degenerate input
 
 
-def test_crop_contains_body_and_tumour_and_leaves_out_the_couch():
-    ct, mask = make_phantom(seed=1, table=True)
+@pytest.mark.parametrize("pixel_mm", [0.7, 1.0, 2.0])  # the body grid's step: 2, 2, 1
+def test_crop_contains_body_and_tumour_and_leaves_out_the_couch(pixel_mm):
+    ct, mask = make_phantom(seed=1, table=True, shape=(24, 128, 128), spacing=(pixel_mm, pixel_mm, 2.5))
     lps_ct = reorient_to_lps(ct.array, ct.direction)
     body = body_mask(lps_ct, ct.spacing[:2], -500.0, 3.0)
     couch_rows = np.flatnonzero(((lps_ct > 50) & ~body).any(axis=(0, 2)))
@@ -185,6 +186,11 @@ def test_crop_contains_body_and_tumour_and_leaves_out_the_couch():
     assert not (reorient_to_lps(mask.array, ct.direction).astype(bool) & ~inside).any()
     assert y1 <= couch_rows.min(), "the couch should not widen the crop"
     assert (y1 - y0) * (x1 - x0) < ct.array.shape[1] * ct.array.shape[2]
+    # the coarse grid costs at most one coarse pixel of slack against the full-resolution body
+    step = max(1, round(1.5 / pixel_mm))
+    rows, cols = np.flatnonzero(body.any(axis=(0, 2))), np.flatnonzero(body.any(axis=(0, 1)))
+    assert rows[0] - y0 <= step and y1 - (rows[-1] + 1) <= step
+    assert cols[0] - x0 <= step and x1 - (cols[-1] + 1) <= step
 
 
 def test_margin_widens_the_crop_by_its_width_in_pixels():
