@@ -212,7 +212,9 @@ def write_seg_nrrd(
     voxels = (mask.array != 0).astype(np.uint8)
     with atomic_output(path) as tmp:
         # index_order="C": the array is (z, y, x); pynrrd writes it as NRRD's x-fastest (x, y, z).
-        nrrd.write(str(tmp), voxels, header, compression_level=6, index_order="C")
+        # gzip level 1: a 150 x 512 x 512 mask writes in 0.10 s instead of 0.22 s (level 6) and
+        # takes 174 kB instead of 40 kB; the time counts against a GPU case's 0.5 s, the bytes do not.
+        nrrd.write(str(tmp), voxels, header, compression_level=1, index_order="C")
 
 
 def read_seg_nrrd(path: str | Path, segment: str | None = None) -> tuple[Image, dict]:
