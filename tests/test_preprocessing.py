@@ -169,6 +169,17 @@ def test_reorientation_matches_dicomorient(direction):
 # ---------------------------------------------------------------- crop, shapes, degenerate input
 
 
+def test_body_mask_is_the_same_with_more_air_around_it():
+    """The morphology runs on the candidates' box only; air added around must not change a voxel."""
+    ct, _ = make_phantom(seed=1, table=True, shape=(12, 64, 64), spacing=(1.0, 1.0, 2.5))
+    lps = reorient_to_lps(ct.array, ct.direction)
+    tight = body_mask(lps, (1.0, 1.0), -500.0, 3.0)
+    padded = np.pad(lps, ((3, 2), (20, 7), (5, 30)), constant_values=-1000)
+    wide = body_mask(padded, (1.0, 1.0), -500.0, 3.0)
+    assert tight.any() and np.array_equal(wide[3:-2, 20:-7, 5:-30], tight)
+    assert wide.sum() == tight.sum()
+
+
 @pytest.mark.parametrize("pixel_mm", [0.7, 1.0, 2.0])  # the body grid's step: 2, 2, 1
 def test_crop_contains_body_and_tumour_and_leaves_out_the_couch(pixel_mm):
     ct, mask = make_phantom(seed=1, table=True, shape=(24, 128, 128), spacing=(pixel_mm, pixel_mm, 2.5))
