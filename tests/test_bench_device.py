@@ -4,9 +4,12 @@ at 64 x 64 with SimpleITK hidden; the numbers themselves are not judged here."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +31,13 @@ def test_device_benchmark_runs_without_simpleitk_and_reports_every_goal(tmp_path
     assert [(r["network"], r["size"]) for r in report["throughput"]] == [("resnet18_classifier", 32), ("sanet", 32)]
     assert len(report["goals"]) == 4  # no SANet-512 throughput row at 32 x 32
     assert "| goal | measured | target | met |" in done.stdout and "no read/write" in done.stdout
+
+
+def test_tracked_tree_leaves_room_for_the_gpu_runbook():
+    """A device call carries 64 MiB, the tracked tree included; DEVELOPERS.md's largest call adds
+    16.0 MiB (a pack part) to it, so the tree must stay under 48 MiB."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    total = sum((ROOT / n).stat().st_size for n in names.decode().split("\0") if n and (ROOT / n).is_file())
+    assert total < 48 * 2**20, f"tracked tree is {total / 2**20:.1f} MiB"
