@@ -16,9 +16,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from GTVAutoSegLib.bundle import load_bundle
+from GTVAutoSegLib.bundle import ModelBundle, load_bundle, save_bundle
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.io import read_ct, read_mask
+from GTVAutoSegLib.models import NetConfig, build_network
 from GTVAutoSegLib.phantom import make_phantom
 from GTVAutoSegLib.pipeline import Segmenter
 from GTVAutoSegLib.preprocessing import PreprocessSpec, prepare
@@ -312,3 +313,33 @@ def test_bench_throughput_runs(capsys):
                                   "--device", "cpu", "--table-slices", "8"]) == 0
     out = capsys.readouterr().out
     assert "| sanet | 32 |" in out and "| resnet18_classifier | 32 |" in out
+
+
+def test_init_from_a_run_or_a_bundle_loads_its_weights_and_refuses_a_mismatch(tmp_path):
+    train_t, val_t = phantom_table(3, 0), phantom_table(2, 50)
+    seg = ('network={"name": "sanet"}', 'balance="1:0"', "augment.enabled=false")
+    first = Trainer(tiny_config(tmp_path / "a", *seg, "max_epochs=1"), train_t, val_t)
+    first.fit()
+    trained = {k: v.clone() for k, v in first.net.state_dict().items()}
+
+    second = Trainer(tiny_config(tmp_path / "b", *seg, "max_epochs=1", 'loss={"name": "dice_ce"}'), train_t, val_t)
+    assert not all(torch.equal(trained[k], v) for k, v in second.net.state_dict().items())
+    second.init_weights(str(tmp_path / "a" / "run" / "best.pt"))
+    assert all(torch.equal(trained[k], v) for k, v in second.net.state_dict().items())
+    assert second.epoch == 0 and second.fit()["init_from"].endswith("best.pt")
+
+    # from a bundle: the segmenter of a cascade, stored in fp16
+    c_cfg = NetConfig("resnet18_classifier")
+    bundle = ModelBundle.from_networks(build_network(c_cfg), first.net, name="b", version="0", classifier=c_cfg,
+                                       segmenter=first.cfg.network, preprocess=SPEC64)
+    save_bundle(bundle, tmp_path / "hcf.pt", half=True)
+    third = Trainer(tiny_config(tmp_path / "c", *seg), train_t, val_t)
+    third.init_weights(str(tmp_path / "hcf.pt"))
+    for k, v in third.net.state_dict().items():
+        assert torch.allclose(v.float(), trained[k].float(), rtol=1e-3, atol=1e-3), k
+
+    with pytest.raises(GTVError, match="this run trains unet"):
+        Trainer(tiny_config(tmp_path / "d", 'network={"name": "unet"}'), train_t, val_t).init_weights(str(tmp_path / "hcf.pt"))
+    other = tiny_config(tmp_path / "e", *seg, 'preprocess={"size": 64, "margin_mm": 5.0}')
+    with pytest.raises(GTVError, match="trained with preprocessing"):
+        Trainer(other, train_t, val_t).init_weights(str(tmp_path / "a" / "run" / "best.pt"))

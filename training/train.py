@@ -136,6 +136,7 @@ class Trainer:
         self.history: list[dict] = []
         self.slices_seen = 0
         self.train_seconds = 0.0
+        self.init_from: str | None = None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -170,6 +171,36 @@ class Trainer:
         self.slices_seen, self.train_seconds = state["slices_seen"], state["train_seconds"]
         self._log(f"resumed from {path} after epoch {self.epoch} (best so far: epoch {self.best_epoch})")
 
+    def init_weights(self, source: str) -> None:
+        """Start from trained weights with a fresh optimizer and schedule (fine-tuning).
+
+        ``source``: a ``best.pt`` or ``last.pt`` of this kind of network, or a model bundle (a listed
+        name such as ``hcf-openkbp-ptv70``, or a path), whose classifier or segmenter is taken by
+        this run's kind. The network and the preprocessing must be the ones the weights were trained
+        with, or the weights would see inputs they never learned.
+        """
+        from GTVAutoSegLib.bundle import open_model
+
+        path = Path(source)
+        payload = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        if isinstance(payload, dict) and payload.get("format") in (BEST_FORMAT, CHECKPOINT_FORMAT):
+            old = config_from_dict(json.loads(payload["config_json"]))
+            network, preprocess, state = old.network, old.preprocess, payload["model"]
+        else:
+            bundle = open_model(source)
+            pick = "classifier" if self.kind == "classifier" else "segmenter"
+            network, preprocess = getattr(bundle, pick), bundle.preprocess
+            state = getattr(bundle, f"{pick}_state")
+        if resolve_config(network) != resolve_config(self.cfg.network):
+            raise GTVError(f"cannot start from {source}: it holds {network.name} {network.params}, this run trains "
+                           f"{self.cfg.network.name} {self.cfg.network.params}")
+        if preprocess != self.cfg.preprocess:
+            raise GTVError(f"cannot start from {source}: it was trained with preprocessing {preprocess.to_dict()}, "
+                           f"this run uses {self.cfg.preprocess.to_dict()}")
+        self.net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+        self.init_from = str(source)
+        self._log(f"weights from {source}")
+
     def _save(self, path: Path, payload: dict) -> None:
         tmp = path.with_suffix(".tmp")
         torch.save(payload, tmp)
@@ -192,6 +223,7 @@ class Trainer:
             "epochs_completed": self.epoch, "slices_seen": self.slices_seen,
             "train_seconds": round(self.train_seconds, 1), "device": str(self.device),
             "world_size": self.world.size, "git_commit": git_commit(), "torch": torch.__version__,
+            "init_from": self.init_from,
         }
 
     # ------------------------------------------------------------------ loop
@@ -356,6 +388,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override any config key, e.g. --set data.max_train_patients=20 --set loss.name=dice")
     p.add_argument("--out", help="output folder (out_dir)")
     p.add_argument("--resume", help="a last.pt to continue from, or 'auto' for OUT/last.pt when it exists")
+    p.add_argument("--init-from", help="start from these weights with a fresh optimizer (fine-tuning): a best.pt, "
+                                       "last.pt, or a model bundle name or path (e.g. hcf-openkbp-ptv70)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -390,6 +424,10 @@ def main(argv=None) -> int:
         world = D.init_world(cfg.device)
         train, val = load_tables(cfg, world)
         trainer = Trainer(cfg, train, val, world)
+        if args.init_from and args.resume:
+            raise GTVError("--init-from and --resume exclude each other: resume continues a run, init starts one")
+        if args.init_from:
+            trainer.init_weights(args.init_from)
         if args.resume:
             path = trainer.out / "last.pt" if args.resume == "auto" else Path(args.resume)
             if path.exists():
