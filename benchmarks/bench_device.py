@@ -33,25 +33,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench_inference import build_segmenter, machine_name, select_slices, time_stages  # noqa: E402
-from GTVAutoSegLib.image import Image  # noqa: E402
+from GTVAutoSegLib.errors import MissingModule  # noqa: E402
+from GTVAutoSegLib.image import Image, sitk  # noqa: E402
 from GTVAutoSegLib.phantom import make_phantom  # noqa: E402
+from training import bench_throughput  # noqa: E402
+from training.bench_throughput import _sync  # noqa: E402
 
 FLOOR_H100_S = 0.039  # the floor: classifier over 150 slices 23 ms + SANet over 30 16 ms
 THROUGHPUT_FLOOR = 684.0  # bare SANet step, batch 32, 512 x 512, bf16, channels_last, H100
 GOAL_TOTAL_S, GOAL_NETWORKS_X, GOAL_MEMORY_GIB, GOAL_THROUGHPUT_X = 0.5, 1.5, 8.0, 0.9
-
-
-def _has_simpleitk() -> bool:
-    try:
-        import SimpleITK  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _median_seconds(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
@@ -124,13 +114,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write every number here")
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)
-    from training import bench_throughput
-
     seg = build_segmenter(None, args.size, args.device)
     device = seg.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    files = _has_simpleitk()
+    files = not isinstance(sitk, MissingModule)  # the device image has no SimpleITK
     ct, _ = make_phantom(shape=(args.slices, 512, 512), spacing=(0.98, 0.98, 2.5), seed=0,
                          tumour_slices=args.tumour_slices)
     report = {"machine": machine_name(device), "device": str(device), "torch": torch.__version__, "size": args.size,
