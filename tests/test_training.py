@@ -338,6 +338,11 @@ def test_init_from_a_run_or_a_bundle_loads_its_weights_and_refuses_a_mismatch(tm
     for k, v in third.net.state_dict().items():
         assert torch.allclose(v.float(), trained[k].float(), rtol=1e-3, atol=1e-3), k
 
+    (tmp_path / "broken.pt").write_bytes((tmp_path / "hcf.pt").read_bytes()[:1000])
+    with pytest.raises(GTVError, match="cannot load model file broken.pt"):
+        third.init_weights(str(tmp_path / "broken.pt"))
+    with pytest.raises(GTVError, match="neither a listed model"):
+        third.init_weights(str(tmp_path / "nowhere.pt"))
     with pytest.raises(GTVError, match="this run trains unet"):
         Trainer(tiny_config(tmp_path / "d", 'network={"name": "unet"}'), train_t, val_t).init_weights(str(tmp_path / "hcf.pt"))
     other = tiny_config(tmp_path / "e", *seg, 'preprocess={"size": 64, "margin_mm": 5.0}')

@@ -182,7 +182,12 @@ class Trainer:
         from GTVAutoSegLib.bundle import open_model
 
         path = Path(source)
-        payload = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        payload = None
+        if path.is_file():
+            try:
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # truncated, pickled code, not torch: open_model below says which, in one line
+                payload = None
         if isinstance(payload, dict) and payload.get("format") in (BEST_FORMAT, CHECKPOINT_FORMAT):
             old = config_from_dict(json.loads(payload["config_json"]))
             network, preprocess, state = old.network, old.preprocess, payload["model"]
