@@ -37,7 +37,7 @@ from GTVAutoSegLib.errors import MissingModule  # noqa: E402
 from GTVAutoSegLib.image import Image, sitk  # noqa: E402
 from GTVAutoSegLib.phantom import make_phantom  # noqa: E402
 from training import bench_throughput  # noqa: E402
-from training.bench_throughput import _sync  # noqa: E402
+from training.engine import sync as _sync  # noqa: E402
 
 FLOOR_H100_S = 0.039  # the floor: classifier over 150 slices 23 ms + SANet over 30 16 ms
 THROUGHPUT_FLOOR = 684.0  # bare SANet step, batch 32, 512 x 512, bf16, channels_last, H100
@@ -143,10 +143,10 @@ def main(argv=None) -> int:
     report["throughput"] = []
     for name in ("resnet18_classifier", "sanet"):
         for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
-            amp = device.type == "cuda"
+            precision = "bf16" if device.type == "cuda" else "fp32"
             row = {"network": name, "size": size, "batch": args.batch}
             for mode in ("bare", "pipeline"):
-                row[mode] = bench_throughput.bench(name, size, args.batch, args.steps, 3, device, amp,
+                row[mode] = bench_throughput.bench(name, size, args.batch, args.steps, 3, device, precision,
                                                    mode == "pipeline", max(args.batch * 4, 64))
             report["throughput"].append(row)
             print(f"throughput {name} {size}: bare {row['bare']:.1f}, pipeline {row['pipeline']:.1f} slices/s", flush=True)

@@ -5,8 +5,8 @@
 
 "bare": one fixed batch already on the device, forward + loss + backward + AdamW step.
 "pipeline": what ``train.py`` does per step: gather a batch from a slice table (preloaded to the GPU
-on CUDA), augment it on the device, then the same step. On CUDA both use bf16 autocast and
-channels_last. The issue's floor: a bare SANet step at batch 32, 512 x 512, bf16, channels_last on
+on CUDA), augment it on the device, then the same step. Both use channels_last, and each precision
+asked for (``--precisions fp32,bf16``; bf16 is autocast with fp32 weights, on the CPU too). The issue's floor: a bare SANet step at batch 32, 512 x 512, bf16, channels_last on
 an H100 = 684 slices/s; the goal is >= 0.9x that with the pipeline.
 """
 
@@ -26,12 +26,7 @@ from GTVAutoSegLib.models import NetConfig, build_network, network_kind
 
 from .augment import AugmentConfig, augment_batch
 from .data import SliceTable
-from .engine import SliceSource, StepLoss, autocast_for, epoch_rows, train_step
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .engine import SliceSource, StepLoss, autocast_for, epoch_rows, memory_format_for, sync, train_step
 
 
 def synthetic_table(n: int, size: int, seed: int = 0) -> SliceTable:
@@ -46,16 +41,16 @@ def synthetic_table(n: int, size: int, seed: int = 0) -> SliceTable:
     return SliceTable.concatenate([("synthetic", images, masks, (1.0, 1.0, 1.0))])
 
 
-def bench(name: str, size: int, batch: int, steps: int, warmup: int, device: torch.device, amp: bool,
+def bench(name: str, size: int, batch: int, steps: int, warmup: int, device: torch.device, precision: str,
           pipeline: bool, table_slices: int) -> float:
-    """Slices per second over ``steps`` timed steps after ``warmup``."""
+    """Slices per second over ``steps`` timed steps after ``warmup``; ``precision`` fp32 or bf16."""
     torch.manual_seed(0)
     kind = network_kind(name)
-    fmt = torch.channels_last if (amp and device.type == "cuda") else torch.contiguous_format
+    fmt = memory_format_for(kind)
     net = build_network(NetConfig(name)).to(device, memory_format=fmt).train()
     loss_fn = StepLoss(kind, build_loss("cr") if kind == "segmenter" else None).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    autocast = autocast_for(device, amp)
+    autocast = autocast_for(device, precision)
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
     if pipeline:
@@ -79,11 +74,11 @@ def bench(name: str, size: int, batch: int, steps: int, warmup: int, device: tor
 
     for i in range(warmup):
         train_step(net, loss_fn, opt, *next_batch(i), autocast)
-    _sync(device)
+    sync(device)
     t = time.perf_counter()
     for i in range(steps):
         train_step(net, loss_fn, opt, *next_batch(warmup + i), autocast)
-    _sync(device)
+    sync(device)
     return batch * steps / (time.perf_counter() - t)
 
 
@@ -95,27 +90,34 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="auto")
-    p.add_argument("--no-amp", action="store_true", help="float32 on CUDA (no bf16, no channels_last)")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
+    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--table-slices", type=int, default=512, help="slices in the synthetic table (pipeline)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    amp = not args.no_amp
+    precisions = [q.strip() for q in args.precisions.split(",") if q.strip()]
     results = []
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"batch {args.batch}, amp {amp and device.type == 'cuda'}")
-    print("| network | size | bare slices/s | pipeline slices/s | pipeline / bare |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+          f"batch {args.batch}, channels_last")
+    print("| network | size | precision | bare slices/s | pipeline slices/s | pipeline / bare |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
     for name in [n.strip() for n in args.networks.split(",") if n.strip()]:
         for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
-            bare = bench(name, size, args.batch, args.steps, args.warmup, device, amp, False, args.table_slices)
-            pipe = bench(name, size, args.batch, args.steps, args.warmup, device, amp, True, args.table_slices)
-            results.append({"network": name, "size": size, "batch": args.batch, "bare": bare, "pipeline": pipe,
-                            "device": str(device), "amp": amp and device.type == "cuda"})
-            print(f"| {name} | {size} | {bare:.1f} | {pipe:.1f} | {pipe / bare:.2f} |", flush=True)
+            for precision in precisions:
+                bare = bench(name, size, args.batch, args.steps, args.warmup, device, precision, False,
+                             args.table_slices)
+                pipe = bench(name, size, args.batch, args.steps, args.warmup, device, precision, True,
+                             args.table_slices)
+                results.append({"network": name, "size": size, "batch": args.batch, "precision": precision,
+                                "bare": bare, "pipeline": pipe, "device": str(device),
+                                "threads": torch.get_num_threads()})
+                print(f"| {name} | {size} | {precision} | {bare:.1f} | {pipe:.1f} | {pipe / bare:.2f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

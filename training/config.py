@@ -21,6 +21,7 @@ from GTVAutoSegLib.sampling import parse_ratio
 
 from .augment import AugmentConfig
 from .data import DataConfig
+from .engine import PRECISIONS
 
 
 @dataclass
@@ -64,7 +65,13 @@ class TrainConfig:
         val_batch_size: slices per forward pass in validation.
         seed: all randomness (init, BSS draws, shuffling, augmentation).
         device: ``auto`` / ``cpu`` / ``cuda``.
-        amp: bf16 autocast and channels_last on CUDA (ignored on the CPU).
+        precision: ``fp32``, ``bf16`` (autocast; weights and optimizer stay fp32) or ``auto``: bf16
+            on a GPU, and on a CPU whichever of the two trains faster there, measured on the first
+            batch (``summary.json`` records the choice and both rates).
+        threads: CPU threads for this run (``torch.set_num_threads``), set once at the start; None
+            keeps torch's default (all cores). Two runs side by side on two cores: 1 each.
+        val_every: validate every N epochs (and always after the last one); ``patience`` counts
+            validations.
         preload_to_device: keep the slice table on the GPU (fast batches; needs the memory).
         out_dir: where checkpoints, the CSV log and the curves go.
     """
@@ -85,7 +92,9 @@ class TrainConfig:
     val_batch_size: int = 32
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"
+    threads: int | None = None
+    val_every: int = 1
     preload_to_device: bool = True
     out_dir: str = "training/runs/run"
 
@@ -97,8 +106,12 @@ class TrainConfig:
         self.kind  # unknown network names fail here, before any data is read
         parse_ratio(self.balance)
         self.preprocess.validate()
-        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 0:
-            raise GTVError("batch_size and max_epochs must be >= 1, patience >= 0")
+        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 0 or self.val_every < 1:
+            raise GTVError("batch_size, max_epochs and val_every must be >= 1, patience >= 0")
+        if self.precision not in PRECISIONS:
+            raise GTVError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.threads is not None and self.threads < 1:
+            raise GTVError(f"threads must be >= 1 (or null for torch's default), got {self.threads}")
         if not 0.0 < self.recall_target <= 1.0:
             raise GTVError(f"recall_target must lie in (0, 1], got {self.recall_target}")
         if self.kind == "segmenter3d" and self.augment.enabled:
@@ -114,8 +127,19 @@ class TrainConfig:
         return json.loads(json.dumps(d))
 
 
+def _upgrade(data: dict) -> dict:
+    """Configs written before ``precision`` existed said ``amp`` (bf16 on CUDA only): ``false``
+    meant fp32 everywhere, ``true`` is what ``auto`` now means."""
+    if "amp" in data and "precision" not in data:
+        data = dict(data)
+        data["precision"] = "auto" if data.pop("amp") else "fp32"
+    return data
+
+
 def _from_dict(cls, data: Any, where: str):
     """Build dataclass ``cls`` from a dict, refusing unknown keys (a typo would otherwise be ignored)."""
+    if cls is TrainConfig and isinstance(data, dict):
+        data = _upgrade(data)
     if cls is NetConfig:
         return NetConfig.from_dict(data)
     if cls is PreprocessSpec:

@@ -31,8 +31,8 @@ from . import distributed as D
 from .augment import augment_batch
 from .config import TrainConfig, config_from_dict, load_config
 from .data import SliceTable, build_slice_table, packed_tables, resolve_cache, split_cases
-from .engine import (SliceSource, StepLoss, Validation, autocast_for, epoch_rows, train_step,
-                     validate_classifier, validate_segmenter)
+from .engine import (SliceSource, StepLoss, Validation, autocast_for, choose_precision, epoch_rows,
+                     memory_format_for, train_step, validate_classifier, validate_segmenter)
 from .history import plot_curves, write_csv
 from .volumes import VolumeSource, patch_count, validate_segmenter3d
 
@@ -105,7 +105,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.cuda = self.device.type == "cuda"
-        self.memory_format = torch.channels_last if (self.cuda and cfg.amp) else torch.contiguous_format
+        self.memory_format = memory_format_for(self.kind)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
         net = build_network(cfg.network).to(self.device, memory_format=self.memory_format)
@@ -120,7 +120,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             self.optimizer, T_0=cfg.optim.restart_epochs, T_mult=cfg.optim.restart_mult, eta_min=cfg.optim.min_lr)
-        self.autocast = autocast_for(self.device, cfg.amp)
+        # fixed on the first batch by choose_precision (cfg.precision "auto" measures both)
+        self.precision: str | None = None
+        self.precision_rates: dict[str, float] = {}
+        self.autocast = autocast_for(self.device, "fp32")
         if self.depth is None:
             self.train_src = SliceSource(train, self.device, cfg.preload_to_device)
             self.val_src = SliceSource(val, self.device, cfg.preload_to_device) if self.world.is_main else None
@@ -250,126 +253,177 @@ class Trainer:
         self.net.train()
         return v
 
+    def _reserve(self) -> float:
+        """Seconds kept back at the end of the budget for validating and saving what was trained."""
+        if self.val_seconds is not None:
+            return 1.2 * self.val_seconds + 2.0
+        if self.sec_per_slice is None:
+            return 0.0
+        # forward passes of a validation, in slices (3D: every slice, about twice with the overlap)
+        n_val_fwd = {"segmenter": int(self.val_table.tumour.sum()), "classifier": len(self.val_table)}.get(
+            self.kind, 2 * len(self.val_table))
+        return 0.5 * n_val_fwd * self.sec_per_slice + 2.0
+
+    def _out_of_time(self) -> bool:
+        return time.monotonic() - self.t_start + self._reserve() > self.budget
+
+    def _fix_precision(self, x, y, flag) -> None:
+        """Decide fp32 / bf16 on the first real batch (measured when ``auto``) and keep the bare
+        step's rate, the floor a whole run's slices/s is compared with."""
+        self.precision, self.precision_rates = choose_precision(self.cfg.precision, self.net, self.loss_fn, x, y,
+                                                                flag, per_item=self.depth or 1)
+        self.autocast = autocast_for(self.device, self.precision)
+        rates = ", ".join(f"{k} {v:.1f}" for k, v in self.precision_rates.items())
+        self._log(f"precision {self.precision} (bare step slices/s: {rates})")
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One BSS epoch (cut short when the budget runs out); returns its log row."""
+        cfg, world = self.cfg, self.world
+        rows = epoch_rows(self.train_table.tumour, cfg.balance, cfg.seed, epoch, cfg.max_slices_per_epoch)
+        if self.depth is not None:  # the drawn slices become centres of fewer, deeper patches
+            rows = rows[:patch_count(rows.size, self.depth)]
+        rows = D.shard(rows, world)
+        per_item = self.depth or 1  # slices per batch item
+        batches = [rows[i:i + cfg.batch_size] for i in range(0, rows.size, cfg.batch_size)]
+        if len(batches) > 1 and batches[-1].size < 2:
+            batches.pop()  # BatchNorm needs two samples
+        self.gen.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + world.rank)
+        loss_sum = torch.zeros((), device=self.device)
+        steps, epoch_slices, partial, t_epoch = 0, 0, False, time.monotonic()
+        bar = _bar(len(batches), f"epoch {epoch}/{cfg.max_epochs}", world.is_main)
+        for i, b in enumerate(batches):
+            if steps and D.any_rank(self._out_of_time(), world, self.device):
+                partial = True
+                break
+            x, y, flag = self.train_src.batch(b, self.memory_format)
+            if self.depth is None:  # 2D augmentation; 3D patches go in as they are (config.validate)
+                x, y_aug = augment_batch(x, y if self.kind == "segmenter" else None, cfg.augment, self.gen)
+                y = y_aug if y_aug is not None else y
+            if self.precision is None:
+                self._fix_precision(x, y, flag)
+                t_epoch = time.monotonic()  # the probe is not training time
+            loss_sum += train_step(self.model, self.loss_fn, self.optimizer, x, y, flag, self.autocast)
+            self.scheduler.step(epoch - 1 + (i + 1) / len(batches))
+            steps += 1
+            epoch_slices += b.size * per_item * world.size
+            self.slices_seen += b.size * per_item * world.size
+            self.sec_per_slice = (time.monotonic() - t_epoch) / (epoch_slices / world.size)
+            if bar is not None:
+                bar.update(1)
+                if steps % 10 == 0 or steps == len(batches):
+                    bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}")
+        if bar is not None:
+            bar.close()
+        train_s = time.monotonic() - t_epoch
+        self.train_seconds += train_s
+        return {"epoch": epoch, "steps": steps, "slices": epoch_slices, "partial": partial,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": float(loss_sum.item()) / steps if steps else math.nan, "train_s": round(train_s, 1)}
+
+    def validate_and_checkpoint(self, row: dict) -> None:
+        """Validate (main rank), keep ``best.pt`` if it improved, count validations without
+        improvement for early stopping, and log; the decision is shared with every rank."""
+        decision = None
+        if self.world.is_main:
+            t_val = time.monotonic()
+            v = self.validate()
+            self.val_seconds = time.monotonic() - t_val
+            self.val_seconds_total += self.val_seconds
+            improved = self.best_score is None or v.score > self.best_score
+            if improved:
+                self.best_score, self.best_epoch, self.best_metrics = v.score, self.epoch, v.metrics
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            row.update(v.metrics, val_s=round(self.val_seconds, 1), best=improved)
+            if improved:
+                self._save_best(v.metrics)
+            decision = {"bad_epochs": self.bad_epochs}
+        decision = D.broadcast_object(decision, self.world)
+        self.bad_epochs = decision["bad_epochs"]
+        self.validated_epoch = self.epoch
+
+    def log_epoch(self, row: dict) -> None:
+        """``last.pt``, the CSV row and the curves (main rank)."""
+        if not self.world.is_main:
+            return
+        row["elapsed_s"] = round(time.monotonic() - self.t_start, 1)
+        self.history.append(row)
+        self._log(" ".join(f"{k}={_short(val)}" for k, val in row.items()))
+        self._save(self.out / "last.pt", self._ckpt())
+        write_csv(self.history, self.out / "log.csv")
+        keys = (("val_dice", "val_dice_pooled") if self.kind in SEGMENTER_KINDS
+                else ("val_recall", "val_precision", "val_auc"))
+        plot_curves(self.history, self.out / "curves.png", keys)
+
     def fit(self) -> dict:
         """Train until max epochs, early stopping or the time budget; returns the run summary."""
         cfg, world = self.cfg, self.world
         self.out.mkdir(parents=True, exist_ok=True)
-        t_start = time.monotonic()
-        budget = cfg.time_budget_min * 60 if cfg.time_budget_min is not None else math.inf
-        # forward passes of a validation, in slices (3D: every slice, about twice with the overlap)
-        n_val_fwd = {"segmenter": int(self.val_table.tumour.sum()), "classifier": len(self.val_table)}.get(
-            self.kind, 2 * len(self.val_table))
-        val_seconds: float | None = None
-        sec_per_slice: float | None = None
-        gen = torch.Generator(device=self.device)
+        self.t_start = time.monotonic()
+        self.budget = cfg.time_budget_min * 60 if cfg.time_budget_min is not None else math.inf
+        self.val_seconds: float | None = None
+        self.val_seconds_total = 0.0
+        self.sec_per_slice: float | None = None
+        self.validated_epoch = self.epoch
+        self.gen = torch.Generator(device=self.device)
         stop_reason = "max_epochs"
         t = self.train_table
         self._log(f"{self.kind} {cfg.network.name}: {len(t.patients)} train patients, {len(t)} slices "
                   f"({t.tumour.mean():.0%} tumour), {len(self.val_table.patients)} validation patients; "
-                  f"BSS {cfg.balance}, device {self.device}, world {world.size}, "
+                  f"BSS {cfg.balance}, device {self.device}, {torch.get_num_threads()} threads, world {world.size}, "
                   f"{count_parameters(self.net) / 1e6:.1f} M parameters")
-
-        def reserve() -> float:
-            # time kept back for validating and saving what was trained
-            if val_seconds is not None:
-                return 1.2 * val_seconds + 2.0
-            return (0.5 * n_val_fwd * sec_per_slice + 2.0) if sec_per_slice else 0.0
-
         self.net.train()
         first_epoch = self.epoch + 1
         while self.epoch < cfg.max_epochs:
             # every invocation trains at least one step, so a tiny budget still leaves a checkpoint
-            out_of_time = time.monotonic() - t_start + reserve() > budget
-            if self.epoch + 1 > first_epoch and D.any_rank(out_of_time, world, self.device):
+            if self.epoch + 1 > first_epoch and D.any_rank(self._out_of_time(), world, self.device):
                 stop_reason = "time_budget"
                 break
-            epoch = self.epoch + 1
-            rows = epoch_rows(t.tumour, cfg.balance, cfg.seed, epoch, cfg.max_slices_per_epoch)
-            if self.depth is not None:  # the drawn slices become centres of fewer, deeper patches
-                rows = rows[:patch_count(rows.size, self.depth)]
-            rows = D.shard(rows, world)
-            per_item = self.depth or 1  # slices per batch item
-            batches = [rows[i:i + cfg.batch_size] for i in range(0, rows.size, cfg.batch_size)]
-            if len(batches) > 1 and batches[-1].size < 2:
-                batches.pop()  # BatchNorm needs two samples
-            gen.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + world.rank)
-            loss_sum = torch.zeros((), device=self.device)
-            steps, epoch_slices, partial, t_epoch = 0, 0, False, time.monotonic()
-            bar = _bar(len(batches), f"epoch {epoch}/{cfg.max_epochs}", world.is_main)
-            for i, b in enumerate(batches):
-                if steps and D.any_rank(time.monotonic() - t_start + reserve() > budget, world, self.device):
-                    partial = True
-                    break
-                x, y, flag = self.train_src.batch(b, self.memory_format)
-                if self.depth is None:  # 2D augmentation; 3D patches go in as they are (config.validate)
-                    x, y_aug = augment_batch(x, y if self.kind == "segmenter" else None, cfg.augment, gen)
-                    y = y_aug if y_aug is not None else y
-                loss_sum += train_step(self.model, self.loss_fn, self.optimizer, x, y, flag, self.autocast)
-                self.scheduler.step(epoch - 1 + (i + 1) / len(batches))
-                steps += 1
-                epoch_slices += b.size * per_item * world.size
-                self.slices_seen += b.size * per_item * world.size
-                sec_per_slice = (time.monotonic() - t_epoch) / (epoch_slices / world.size)
-                if bar is not None:
-                    bar.update(1)
-                    if steps % 10 == 0 or steps == len(batches):
-                        bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}")
-            if bar is not None:
-                bar.close()
-            if steps == 0:
+            row = self.train_epoch(self.epoch + 1)
+            if row["steps"] == 0:
                 stop_reason = "time_budget"
                 break
-            train_s = time.monotonic() - t_epoch
-            self.train_seconds += train_s
-            self.epoch = epoch
+            self.epoch = row["epoch"]
             D.sync_buffers(self.net, world)
-            train_loss = float(loss_sum.item()) / steps
-
-            decision = None
-            if world.is_main:
-                t_val = time.monotonic()
-                v = self.validate()
-                val_seconds = time.monotonic() - t_val
-                improved = self.best_score is None or v.score > self.best_score
-                if improved:
-                    self.best_score, self.best_epoch, self.best_metrics = v.score, epoch, v.metrics
-                    self.bad_epochs = 0
-                else:
-                    self.bad_epochs += 1
-                row = {"epoch": epoch, "steps": steps, "slices": epoch_slices,
-                       "partial": partial, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                       **v.metrics, "train_s": round(train_s, 1), "val_s": round(val_seconds, 1),
-                       "elapsed_s": round(time.monotonic() - t_start, 1), "best": improved}
-                self.history.append(row)
-                self._log(" ".join(f"{k}={_short(val)}" for k, val in row.items()))
-                if improved:
-                    self._save_best(v.metrics)
-                self._save(self.out / "last.pt", self._ckpt())
-                write_csv(self.history, self.out / "log.csv")
-                keys = (("val_dice", "val_dice_pooled") if self.kind in SEGMENTER_KINDS
-                        else ("val_recall", "val_precision", "val_auc"))
-                plot_curves(self.history, self.out / "curves.png", keys)
-                decision = {"bad_epochs": self.bad_epochs}
-            decision = D.broadcast_object(decision, world)
-            self.bad_epochs = decision["bad_epochs"]
-            if partial:
+            last = row["partial"] or self.epoch == cfg.max_epochs
+            if last or self.epoch % cfg.val_every == 0:
+                self.validate_and_checkpoint(row)
+            self.log_epoch(row)
+            if row["partial"]:
                 stop_reason = "time_budget"
                 break
             if cfg.patience and self.bad_epochs >= cfg.patience:
                 stop_reason = "early_stopping"
                 break
+        if self.validated_epoch != self.epoch:  # stopped by the budget after an epoch left unvalidated
+            row = {"epoch": self.epoch, "steps": 0, "slices": 0, "partial": False}
+            self.validate_and_checkpoint(row)
+            self.log_epoch(row)
 
+        wall = time.monotonic() - self.t_start
+        bare = self.precision_rates.get(self.precision or "", math.nan)
         summary = {
             "kind": self.kind, "network": cfg.network.name, "stop_reason": stop_reason,
             "best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
-            "wall_seconds": round(time.monotonic() - t_start, 1),
+            "wall_seconds": round(wall, 1),
+            "throughput": {
+                "precision": self.precision, "threads": torch.get_num_threads(),
+                "memory_format": str(self.memory_format).removeprefix("torch."),
+                "bare_step_slices_per_s": {k: round(v, 2) for k, v in self.precision_rates.items()},
+                # the whole run, validation and checkpoints included, against the bare step
+                "wall_slices_per_s": round(self.slices_seen / wall, 2) if wall > 0 else math.nan,
+                "wall_over_bare": round(self.slices_seen / wall / bare, 3) if wall > 0 and bare > 0 else math.nan,
+                "validation_seconds": round(self.val_seconds_total, 1),
+            },
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **self._run_info(), "config": cfg.to_dict(),
         }
         if world.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
             self._log(f"stopped ({stop_reason}) after {self.epoch} epochs, {self.slices_seen} slices, "
-                      f"{summary['wall_seconds']:.0f} s; best epoch {self.best_epoch}: "
+                      f"{summary['wall_seconds']:.0f} s ({summary['throughput']['wall_slices_per_s']} slices/s, "
+                      f"{summary['throughput']['wall_over_bare']} of the bare step); best epoch {self.best_epoch}: "
                       + " ".join(f"{k}={_short(v)}" for k, v in self.best_metrics.items()))
         return summary
 
@@ -404,6 +458,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--time-budget-min", type=float, help="stop within this many minutes of wall clock")
     p.add_argument("--max-slices-per-epoch", type=int, help="cap on slices drawn per epoch")
     p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="auto (default): bf16 on a GPU, on a CPU whichever trains faster there (measured)")
+    p.add_argument("--threads", type=int, help="CPU threads of this run (1 each for two runs on two cores)")
+    p.add_argument("--val-every", type=int, help="validate every N epochs (and after the last)")
     return p.parse_args(argv)
 
 
@@ -412,7 +470,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for flag, key in (("out", "out_dir"), ("device", "device"), ("max_epochs", "max_epochs"),
                       ("batch_size", "batch_size"), ("size", "preprocess.size"), ("balance", "balance"),
                       ("patience", "patience"), ("time_budget_min", "time_budget_min"),
-                      ("max_slices_per_epoch", "max_slices_per_epoch"), ("seed", "seed")):
+                      ("max_slices_per_epoch", "max_slices_per_epoch"), ("seed", "seed"),
+                      ("precision", "precision"), ("threads", "threads"), ("val_every", "val_every")):
         value = getattr(args, flag)
         if value is not None:
             sets.append(f"{key}={json.dumps(value)}")
@@ -426,6 +485,8 @@ def main(argv=None) -> int:
     world = D.World()
     try:
         cfg = config_from_args(args)
+        if cfg.threads is not None:  # once, before any tensor work
+            torch.set_num_threads(cfg.threads)
         world = D.init_world(cfg.device)
         train, val = load_tables(cfg, world)
         trainer = Trainer(cfg, train, val, world)

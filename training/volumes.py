@@ -77,7 +77,7 @@ class VolumeSource:
             xs.append(x)
             ys.append(y)
             flags.append(bool(self.table.tumour[rows[rows >= 0]].any()))
-        x = torch.stack(xs)[:, None].to(self.device)
+        x = torch.stack(xs)[:, None].to(self.device).contiguous(memory_format=memory_format or torch.contiguous_format)
         y = torch.stack(ys).to(self.device)
         return x, y, torch.tensor(flags, dtype=torch.int64, device=self.device)
 
