@@ -69,6 +69,16 @@ def average_windows(shape: tuple[int, ...], depth: int, starts: list[int],
     return acc / np.maximum(count, 1)[:, None, None]
 
 
+def context_indices(idx: np.ndarray, z: int, k: int) -> np.ndarray:
+    """``(B,)`` slice indices -> ``(B, k)``: each slice with its ``k // 2`` neighbours on either side
+    (inferior first), repeated at the ends of the ``z``-slice stack. The 2.5D input of a network
+    trained with ``context_slices = k``; ``k = 1`` is the slice alone."""
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"context must be an odd number of slices, got {k}")
+    offsets = np.arange(k) - k // 2
+    return np.clip(np.asarray(idx, np.int64)[:, None] + offsets[None, :], 0, z - 1)
+
+
 def _seg_logits(out):
     # Multi-task segmenters return (segmentation, classification); the cascade wants the first.
     return out[0] if isinstance(out, (tuple, list)) else out

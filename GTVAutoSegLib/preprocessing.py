@@ -415,20 +415,28 @@ def _check_shape(array: np.ndarray, expected, what: str) -> None:
         raise GTVError(f"{what} has shape {tuple(array.shape)}, expected {tuple(expected)}")
 
 
-def to_model_space(mask: np.ndarray, state: PrepState) -> np.ndarray:
-    """A binary mask on the input grid -> ``(Z, H, W)`` uint8 on the model grid (training labels).
+def to_model_space(mask: np.ndarray, state: PrepState, n_classes: int = 2) -> np.ndarray:
+    """A mask or label map on the input grid -> ``(Z, H, W)`` uint8 on the model grid (training labels).
 
-    Any nonzero voxel is foreground. Resampled as a coverage fraction (antialiased bilinear, which
-    beat box averaging and plain bilinear on small tumours) and kept where at least half covered,
-    so ``restore`` followed by a 0.5 threshold gives the mask back.
-    Foreground outside the body crop box is dropped.
+    With ``n_classes = 2`` any nonzero voxel is foreground. Resampled as a coverage fraction
+    (antialiased bilinear, which beat box averaging and plain bilinear on small tumours) and kept
+    where at least half covered, so ``restore`` followed by a 0.5 threshold gives the mask back.
+    With more classes the input is a label map (1 the target, 2.. other structures in order of
+    priority): class ``c`` is kept where classes ``1..c`` cover at least half of the pixel and no
+    earlier class claimed it. Foreground outside the body crop box is dropped.
     """
     mask = np.asarray(mask)
     _check_shape(mask, state.shape, "mask")
     lps = _to_lps(mask, state.axes, state.flips)
     y0, y1, x0, x1 = state.crop
-    stack = (lps[:, y0:y1, x0:x1] != 0).astype(np.float32)
-    return (_forward(stack, state, "linear") >= 0.5).astype(np.uint8)
+    box = lps[:, y0:y1, x0:x1]
+    if n_classes <= 2:
+        return (_forward((box != 0).astype(np.float32), state, "linear") >= 0.5).astype(np.uint8)
+    out = np.zeros(state.model_shape, np.uint8)
+    for c in range(1, n_classes):
+        covered = _forward(((box >= 1) & (box <= c)).astype(np.float32), state, "linear") >= 0.5
+        out[covered & (out == 0)] = c
+    return out
 
 
 def restore(model_space: np.ndarray, state: PrepState, order: str = "linear") -> np.ndarray:

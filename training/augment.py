@@ -24,6 +24,7 @@ class AugmentConfig:
         p_rotate / max_rotate_deg: in-plane rotation, uniform in ``+-max_rotate_deg``.
         p_zoom / zoom_range: isotropic scale factor, uniform in the range (> 1 zooms in).
         p_vflip: flip up-down (anterior-posterior).
+        p_lrflip: flip left-right (off by default: the shipped 2D model trained without it).
         p_elastic / elastic_strength / elastic_grid: a smooth random displacement, its standard
             deviation a fraction of the slice side (0.02 = 2 %), interpolated (bicubic) from a
             ``elastic_grid`` x ``elastic_grid`` grid of random vectors.
@@ -31,6 +32,11 @@ class AugmentConfig:
         p_erase / erase_area: one rectangle filled with uniform noise, its area a fraction of the
             slice drawn from the range (the image only; the label keeps the tumour, so the network
             learns to use context).
+        p_intensity / intensity_scale / intensity_shift: ``x * scale + shift`` on the windowed
+            image, both uniform in their ranges (off by default).
+
+    The 3D locator (``training.locator.augment_volume``) uses rotation, zoom, left-right flip,
+    intensity and noise; vertical flip, elastic and erasing are 2D only.
     """
 
     enabled: bool = True
@@ -46,13 +52,19 @@ class AugmentConfig:
     noise_std: float = 0.03
     p_erase: float = 0.25
     erase_area: tuple[float, float] = (0.02, 0.1)
+    p_lrflip: float = 0.0
+    p_intensity: float = 0.0
+    intensity_scale: tuple[float, float] = (0.9, 1.1)
+    intensity_shift: tuple[float, float] = (-0.05, 0.05)
 
 
-def _coin(p: float, n: int, gen: torch.Generator, device) -> torch.Tensor:
+def coin(p: float, n: int, gen: torch.Generator, device) -> torch.Tensor:
+    """``(n,)`` bool, each True with probability ``p``."""
     return torch.rand(n, generator=gen, device=device) < p
 
 
-def _uniform(lo: float, hi: float, n: int, gen: torch.Generator, device) -> torch.Tensor:
+def uniform(lo: float, hi: float, n: int, gen: torch.Generator, device) -> torch.Tensor:
+    """``(n,)`` float uniform in ``[lo, hi)``."""
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 
 
@@ -74,17 +86,18 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor | None, cfg: AugmentConfig,
     b, _, h, w = x.shape
     dev = x.device
     one = torch.ones(b, device=dev)
-    angle = torch.where(_coin(cfg.p_rotate, b, gen, dev),
-                        _uniform(-cfg.max_rotate_deg, cfg.max_rotate_deg, b, gen, dev), 0 * one) * (math.pi / 180)
-    zoom = torch.where(_coin(cfg.p_zoom, b, gen, dev), _uniform(*cfg.zoom_range, b, gen, dev), one)
-    flip = torch.where(_coin(cfg.p_vflip, b, gen, dev), -one, one)
+    angle = torch.where(coin(cfg.p_rotate, b, gen, dev),
+                        uniform(-cfg.max_rotate_deg, cfg.max_rotate_deg, b, gen, dev), 0 * one) * (math.pi / 180)
+    zoom = torch.where(coin(cfg.p_zoom, b, gen, dev), uniform(*cfg.zoom_range, b, gen, dev), one)
+    flip = torch.where(coin(cfg.p_vflip, b, gen, dev), -one, one)
+    lr = torch.where(coin(cfg.p_lrflip, b, gen, dev), -one, one) if cfg.p_lrflip > 0 else one
     # The affine maps output to input coordinates in [-1, 1]; zoom > 1 samples a smaller region.
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin * flip, 0 * one], 1),
-                         torch.stack([sin, cos * flip, 0 * one], 1)], 1)
+    theta = torch.stack([torch.stack([cos * lr, -sin * flip, 0 * one], 1),
+                         torch.stack([sin * lr, cos * flip, 0 * one], 1)], 1)
     grid = F.affine_grid(theta, (b, 1, h, w), align_corners=False)
 
-    elastic = _coin(cfg.p_elastic, b, gen, dev)
+    elastic = coin(cfg.p_elastic, b, gen, dev)
     if elastic.any():
         k = cfg.elastic_grid
         coarse = torch.randn(b, 2, k, k, generator=gen, device=dev) * (2.0 * cfg.elastic_strength)
@@ -97,14 +110,20 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor | None, cfg: AugmentConfig,
         y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                           align_corners=False)[:, 0].to(y.dtype)
 
-    noisy = _coin(cfg.p_noise, b, gen, dev)
+    if cfg.p_intensity > 0:
+        shade = coin(cfg.p_intensity, b, gen, dev)
+        scale = torch.where(shade, uniform(*cfg.intensity_scale, b, gen, dev), one)
+        shift = torch.where(shade, uniform(*cfg.intensity_shift, b, gen, dev), 0 * one)
+        x = x * scale[:, None, None, None] + shift[:, None, None, None]
+
+    noisy = coin(cfg.p_noise, b, gen, dev)
     if noisy.any():
         x = x + torch.randn(x.shape, generator=gen, device=dev) * (cfg.noise_std * noisy[:, None, None, None])
 
-    erase = _coin(cfg.p_erase, b, gen, dev)
+    erase = coin(cfg.p_erase, b, gen, dev)
     if erase.any():
-        area = _uniform(*cfg.erase_area, b, gen, dev) * h * w
-        aspect = torch.exp(_uniform(math.log(0.5), math.log(2.0), b, gen, dev))
+        area = uniform(*cfg.erase_area, b, gen, dev) * h * w
+        aspect = torch.exp(uniform(math.log(0.5), math.log(2.0), b, gen, dev))
         eh = (area * aspect).sqrt().clamp(1, h)
         ew = (area / aspect).sqrt().clamp(1, w)
         y0 = torch.rand(b, generator=gen, device=dev) * (h - eh)

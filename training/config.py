@@ -15,7 +15,8 @@ from typing import Any
 
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.losses import LossConfig
-from GTVAutoSegLib.models import NetConfig, network_kind
+from GTVAutoSegLib.coarse import CoarseSpec
+from GTVAutoSegLib.models import DENSE_KINDS, NetConfig, network_kind
 from GTVAutoSegLib.preprocessing import PreprocessSpec
 from GTVAutoSegLib.sampling import parse_ratio
 
@@ -53,6 +54,10 @@ class TrainConfig:
             uses only ``loss.class_weights``.
         balance: BSS tumour:normal ratio of the slices drawn each epoch (``"1:1"``, ``"original"``...).
         data / preprocess / optim / augment: see their classes.
+        coarse: the grid of a 3D locator (kind ``locator3d``); stored in its bundle.
+        context_slices: 2D networks see each slice with ``context_slices // 2`` neighbours on either
+            side as input channels (2.5D); odd; 1 is the slice alone. ``network.in_channels`` must
+            equal it.
         batch_size: slices per step per process.
         max_epochs: upper bound on epochs.
         patience: stop after this many validations without improvement (0 disables early stopping).
@@ -81,6 +86,8 @@ class TrainConfig:
     balance: str = "1:1"
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessSpec = field(default_factory=lambda: PreprocessSpec(size=128))
+    coarse: CoarseSpec = field(default_factory=CoarseSpec)
+    context_slices: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     batch_size: int = 16
@@ -102,6 +109,11 @@ class TrainConfig:
     def kind(self) -> str:
         return network_kind(self.network.name)
 
+    @property
+    def n_classes(self) -> int:
+        """Classes of the training labels: background, target, and one for the other targets."""
+        return 3 if self.data.other_targets else 2
+
     def validate(self) -> "TrainConfig":
         self.kind  # unknown network names fail here, before any data is read
         parse_ratio(self.balance)
@@ -115,7 +127,19 @@ class TrainConfig:
         if not 0.0 < self.recall_target <= 1.0:
             raise GTVError(f"recall_target must lie in (0, 1], got {self.recall_target}")
         if self.kind == "segmenter3d" and self.augment.enabled:
-            raise GTVError("augmentation is 2D only; set augment.enabled=false for a 3D segmenter")
+            raise GTVError("augmentation of 3D patches is not implemented; set augment.enabled=false for a 3D segmenter")
+        if self.context_slices < 1 or self.context_slices % 2 == 0:
+            raise GTVError(f"context_slices must be odd and >= 1, got {self.context_slices}")
+        if self.kind in ("segmenter3d", "locator3d") and self.context_slices != 1:
+            raise GTVError("context_slices is for 2D networks; a 3D network sees its neighbours already")
+        if self.network.in_channels != self.context_slices:
+            raise GTVError(f"network.in_channels ({self.network.in_channels}) must equal context_slices "
+                           f"({self.context_slices}): one input channel per slice")
+        n_classes = self.n_classes if self.kind in DENSE_KINDS else 2
+        if self.network.out_channels != n_classes:
+            raise GTVError(f"network.out_channels must be {n_classes} for a {self.kind}"
+                           + (f" with other_targets {list(self.data.other_targets)}" if self.data.other_targets else ""))
+        self.coarse.validate()
         if self.kind == "classifier" and self.loss.name not in ("ce", "cr"):
             raise GTVError(f"a classifier trains with cross-entropy; loss {self.loss.name!r} does not apply")
         return self
@@ -124,6 +148,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["network"] = self.network.to_dict()
         d["preprocess"] = self.preprocess.to_dict()
+        d["coarse"] = self.coarse.to_dict()
         return json.loads(json.dumps(d))
 
 
@@ -144,6 +169,8 @@ def _from_dict(cls, data: Any, where: str):
         return NetConfig.from_dict(data)
     if cls is PreprocessSpec:
         return PreprocessSpec.from_dict(data)
+    if cls is CoarseSpec:
+        return CoarseSpec.from_dict(data)
     if not isinstance(data, dict):
         raise GTVError(f"config {where or 'root'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)

@@ -44,12 +44,15 @@ class CaseRef:
         image: CT file.
         label: mask or label-map file on (or resampleable onto) the CT's grid.
         label_value: the target's value in a label map; None takes every non-zero voxel.
+        others: masks of other structures that become classes 2, 3, ... (in this order) where the
+            target is not, e.g. OpenKBP's lower-dose PTV63 and PTV56 around a PTV70 target.
     """
 
     patient: str
     image: Path
     label: Path
     label_value: int | None = None
+    others: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -60,6 +63,9 @@ class DataConfig:
         layout: one of ``LAYOUTS``.
         root: dataset folder; relative paths are taken from the project root.
         target: OpenKBP ROI name (PTV70 by default); ignored by the other layouts.
+        other_targets: OpenKBP ROI names that become extra classes (label 2 = any of them outside the
+            target), so a network learns what the target is not: ``["PTV63", "PTV56"]``. A patient
+            without them just has no class-2 voxels. Segmenters then need ``out_channels`` 3.
         label_value: target value in StructSeg / nnU-Net label maps.
         split: ``"fixed"`` (OpenKBP's own ``train_split`` / ``val_split``) or ``"kfold"``.
         train_split / val_split: OpenKBP split folders for ``"fixed"``; ``"kfold"`` pools
@@ -76,6 +82,7 @@ class DataConfig:
     layout: str = "openkbp"
     root: str = "../shared/data/openkbp"
     target: str = "PTV70"
+    other_targets: tuple[str, ...] = ()
     label_value: int = 1
     split: str = "fixed"
     train_split: str = "train"
@@ -100,11 +107,13 @@ def _find_image(stem: Path) -> Path | None:
     return None
 
 
-def openkbp_cases(root: str | Path, split: str = "train", roi: str = "PTV70") -> list[CaseRef]:
+def openkbp_cases(root: str | Path, split: str = "train", roi: str = "PTV70",
+                  others: tuple[str, ...] = ()) -> list[CaseRef]:
     """Patients of one OpenKBP split that have a CT and ``roi``, in ``cases.json`` order.
 
     Patients without the ROI or whose CT is missing are skipped (and counted in the log): OpenKBP's
     ROIs vary by patient, and a patient without the target would teach "no tumour" on a real one.
+    ``others``: ROIs attached as extra classes where a patient has them.
     """
     root = Path(root)
     listing = root / "cases.json"
@@ -119,7 +128,8 @@ def openkbp_cases(root: str | Path, split: str = "train", roi: str = "PTV70") ->
         if row.get("status") != "ok" or roi not in row.get("roi_voxels", {}) or not (image.exists() and label.exists()):
             skipped += 1
             continue
-        cases.append(CaseRef(row["patient"], image, label))
+        extra = tuple(p for p in (folder / "rois" / f"{o}.nii.gz" for o in others) if p.exists())
+        cases.append(CaseRef(row["patient"], image, label, others=extra))
     if not cases:
         raise GTVError(f"no OpenKBP patient in {root}/{split} has a CT and ROI {roi!r}")
     if skipped:
@@ -159,9 +169,17 @@ def nnunet_cases(root: str | Path, label_value: int = 1) -> list[CaseRef]:
 
 
 def load_case(case: CaseRef) -> tuple[Image, Image]:
-    """CT in HU and the binary target mask on the CT's grid."""
+    """CT in HU and the target on the CT's grid: a binary mask, or with ``case.others`` a label map
+    (1 target, 2 any other structure outside it)."""
     ct = read_ct(case.image)
-    return ct, read_mask(case.label, like=ct, label=case.label_value)
+    mask = read_mask(case.label, like=ct, label=case.label_value)
+    if not case.others:
+        return ct, mask
+    target = np.asarray(mask.array) != 0
+    other = np.zeros_like(target)
+    for path in case.others:
+        other |= np.asarray(read_mask(path, like=ct).array) != 0
+    return ct, mask.with_array(np.where(target, 1, np.where(other, 2, 0)).astype(np.uint8))
 
 
 # ------------------------------------------------------------------------------------ slice table
@@ -173,7 +191,8 @@ class SliceTable:
 
     Attributes:
         images: ``(N, H, W)`` float16 in ``[0, 1]``.
-        masks: ``(N, H, W)`` uint8 0/1.
+        masks: ``(N, H, W)`` uint8 labels: 0/1, or with ``other_targets`` 0 background, 1 target,
+            2 other target volumes.
         patient: ``(N,)`` int32, index into ``patients``.
         slice_index: ``(N,)`` int32, the model-space slice number within its patient.
         tumour: ``(N,)`` bool, the slice holds target on the original grid. A sliver of target can
@@ -220,26 +239,28 @@ class SliceTable:
         patient = np.concatenate([np.full(p[1].shape[0], i, np.int32) for i, p in enumerate(parts)])
         slice_index = np.concatenate([np.arange(p[1].shape[0], dtype=np.int32) for p in parts])
         tumour = np.concatenate([p[4] if len(p) > 4 else p[2].reshape(p[2].shape[0], -1).any(1) for p in parts])
-        tumour = tumour.astype(bool) | masks.reshape(masks.shape[0], -1).any(axis=1)
+        tumour = tumour.astype(bool) | (masks == 1).reshape(masks.shape[0], -1).any(axis=1)
         return cls(images, masks, patient, slice_index, tumour, [p[0] for p in parts], [tuple(p[3]) for p in parts])
 
 
-def prepare_case(ct: Image, mask: Image, spec: PreprocessSpec):
-    """One case into model space.
+def prepare_case(ct: Image, mask: Image, spec: PreprocessSpec, n_classes: int = 2):
+    """One case into model space; ``mask`` a binary mask, or a label map of ``n_classes`` (1 = target).
 
     Returns:
-        ``(slices (Z, H, W) float16, mask (Z, H, W) uint8, model-space spacing, flags (Z,) bool)``;
+        ``(slices (Z, H, W) float16, labels (Z, H, W) uint8, model-space spacing, flags (Z,) bool)``;
         ``flags`` says which model slices hold target on the original grid.
     """
     slices, state = prepare(ct, spec)
-    per_slice = np.moveaxis(np.asarray(mask.array) != 0, state.slice_axis, 0)
+    target = np.asarray(mask.array) != 0 if n_classes <= 2 else np.asarray(mask.array) == 1
+    per_slice = np.moveaxis(target, state.slice_axis, 0)
     flags = per_slice.reshape(per_slice.shape[0], -1).any(1)[state.original_slice_index]
-    return slices.astype(np.float16), to_model_space(mask.array, state), tuple(state.model_spacing), flags
+    labels = to_model_space(mask.array, state, n_classes)
+    return slices.astype(np.float16), labels, tuple(state.model_spacing), flags
 
 
 def _cache_key(case: CaseRef, spec: PreprocessSpec) -> str:
     ident = {"v": CACHE_VERSION, "spec": spec.to_dict(), "label_value": case.label_value}
-    for name, path in (("image", case.image), ("label", case.label)):
+    for name, path in (("image", case.image), ("label", case.label), *((f"other{i}", p) for i, p in enumerate(case.others))):
         st = Path(path).stat()
         ident[name] = [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
@@ -250,7 +271,7 @@ def _load_or_prepare(case: CaseRef, spec: PreprocessSpec, cache: Path | None):
     if path is not None and path.exists():
         with np.load(path) as z:
             return z["images"], z["masks"], tuple(float(v) for v in z["spacing"]), z["flags"]
-    images, masks, spacing, flags = prepare_case(*load_case(case), spec)
+    images, masks, spacing, flags = prepare_case(*load_case(case), spec, n_classes=2 + bool(case.others))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # a unique temporary name, renamed when complete: a killed run never leaves half a cache
@@ -322,11 +343,11 @@ def split_cases(cfg: DataConfig, project_root: Path) -> tuple[list[CaseRef], lis
         raise GTVError(f"data folder {root} not found (the real data lives in ../shared/data)")
 
     if cfg.layout == "openkbp" and cfg.split == "fixed":
-        train = openkbp_cases(root, cfg.train_split, cfg.target)
-        val = openkbp_cases(root, cfg.val_split, cfg.target)
+        train = openkbp_cases(root, cfg.train_split, cfg.target, tuple(cfg.other_targets))
+        val = openkbp_cases(root, cfg.val_split, cfg.target, tuple(cfg.other_targets))
     elif cfg.split == "kfold":
         if cfg.layout == "openkbp":
-            pool = openkbp_cases(root, cfg.train_split, cfg.target)
+            pool = openkbp_cases(root, cfg.train_split, cfg.target, tuple(cfg.other_targets))
         elif cfg.layout == "structseg":
             pool = structseg_cases(root, cfg.label_value)
         else:

@@ -14,9 +14,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from GTVAutoSegLib.cascade import context_indices
 from GTVAutoSegLib.sampling import balance_indices
 
 from .data import SliceTable
+
+
+def neighbour_rows(table: SliceTable, k: int) -> np.ndarray:
+    """``(N, k)`` rows of each row's slice and its ``k // 2`` neighbours on either side within its
+    patient (repeated at the ends), as :func:`GTVAutoSegLib.cascade.context_indices` does at inference."""
+    out = np.zeros((len(table), k), np.int64)
+    order = np.lexsort((table.slice_index, table.patient))
+    bounds = np.flatnonzero(np.diff(table.patient[order])) + 1
+    for rows in np.split(order, bounds) if order.size else []:
+        out[rows] = rows[context_indices(np.arange(rows.size), rows.size, k)]
+    return out
 
 
 class SliceSource:
@@ -24,24 +36,31 @@ class SliceSource:
 
     On CUDA with ``preload`` the whole table (float16) is moved to the GPU once, so a batch is one
     ``index_select`` there; otherwise batches are gathered on the CPU (pinned) and copied over.
+    ``context``: slices per input (2.5D: the slice and its neighbours as channels).
     """
 
-    def __init__(self, table: SliceTable, device: torch.device, preload: bool = True):
+    def __init__(self, table: SliceTable, device: torch.device, preload: bool = True, context: int = 1):
         self.device = device
         home = device if (preload and device.type == "cuda") else torch.device("cpu")
         self.images = torch.from_numpy(table.images).to(home)
         self.masks = torch.from_numpy(table.masks).to(home)
         self.flags = torch.from_numpy(table.tumour.astype(np.int64)).to(home)
+        self.neighbours = torch.from_numpy(neighbour_rows(table, context)).to(home) if context > 1 else None
         self.pin = home.type == "cpu" and device.type == "cuda"
 
     def batch(self, rows: np.ndarray, memory_format=torch.contiguous_format):
-        """``(x (B, 1, H, W) float32, y (B, H, W) int64, flag (B,) int64)`` on the device."""
+        """``(x (B, context, H, W) float32, y (B, H, W) int64, flag (B,) int64)`` on the device."""
         idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self.images.device)
-        parts = [self.images.index_select(0, idx), self.masks.index_select(0, idx), self.flags.index_select(0, idx)]
+        if self.neighbours is None:
+            images = self.images.index_select(0, idx)[:, None]
+        else:
+            nb = self.neighbours.index_select(0, idx)
+            images = self.images.index_select(0, nb.flatten()).view(*nb.shape, *self.images.shape[1:])
+        parts = [images, self.masks.index_select(0, idx), self.flags.index_select(0, idx)]
         if self.pin:
             parts = [p.pin_memory() for p in parts]
         x, y, flag = (p.to(self.device, non_blocking=True) for p in parts)
-        x = x[:, None].float().contiguous(memory_format=memory_format)
+        x = x.float().contiguous(memory_format=memory_format)
         return x, y.long(), flag
 
 
@@ -66,7 +85,7 @@ def autocast_for(device: torch.device, precision: str):
 def memory_format_for(kind: str) -> torch.memory_format:
     """channels_last for these conv nets on CPU (oneDNN) and GPU alike: measured on this project's
     2-core CPU at 96 x 96, batch 32, fp32: ResNet18 +14%, SANet +19% slices/s; 3D U-Nets at 64^3 x1.4-2.1."""
-    return torch.channels_last_3d if kind == "segmenter3d" else torch.channels_last
+    return torch.channels_last_3d if kind in ("segmenter3d", "locator3d") else torch.channels_last
 
 
 def sync(device: torch.device) -> None:

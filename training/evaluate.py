@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from GTVAutoSegLib.bundle import load_bundle
@@ -58,6 +59,7 @@ def evaluate_cases(bundle_path: str | Path, cases: list[CaseRef], arms=ARMS, dev
         iterator = tqdm(cases, desc="evaluate", unit="patient", dynamic_ncols=True)
     for case in iterator:
         ct, ref = load_case(case)
+        ref = ref.with_array((ref.array == 1).astype(np.uint8))  # the target, not the other classes
         for arm, seg in segmenters.items():
             t = time.perf_counter()
             with torch.inference_mode():

@@ -25,7 +25,7 @@ from torch import nn
 from GTVAutoSegLib.device import resolve_device
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.losses import build_loss
-from GTVAutoSegLib.models import SEGMENTER_KINDS, build_network, count_parameters, resolve_config
+from GTVAutoSegLib.models import DENSE_KINDS, build_network, count_parameters, resolve_config
 
 from . import distributed as D
 from .augment import augment_batch
@@ -34,6 +34,7 @@ from .data import SliceTable, build_slice_table, packed_tables, resolve_cache, s
 from .engine import (SliceSource, StepLoss, Validation, autocast_for, choose_precision, epoch_rows,
                      memory_format_for, train_step, validate_classifier, validate_segmenter)
 from .history import plot_curves, write_csv
+from .locator import CoarseSource, augment_volume, epoch_items, validate_locator
 from .volumes import VolumeSource, patch_count, validate_segmenter3d
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,10 +114,12 @@ class Trainer:
         self.model: nn.Module = net
         if self.world.distributed:
             self.model = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.cuda else None)
-        seg_loss = build_loss(cfg.loss) if self.kind in SEGMENTER_KINDS else None
+        seg_loss = build_loss(cfg.loss) if self.kind in DENSE_KINDS else None
         self.loss_fn = StepLoss(self.kind, seg_loss, cfg.loss.class_weights if self.kind == "classifier" else None).to(self.device)
         # a 3D segmenter trains on patches of this many consecutive slices
         self.depth = resolve_config(cfg.network).params["patch_depth"] if self.kind == "segmenter3d" else None
+        if self.kind == "locator3d":  # a whole coarse volume per item: D slices of the coarse grid
+            self.depth = cfg.coarse.shape[0]
         self.optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             self.optimizer, T_0=cfg.optim.restart_epochs, T_mult=cfg.optim.restart_mult, eta_min=cfg.optim.min_lr)
@@ -124,9 +127,13 @@ class Trainer:
         self.precision: str | None = None
         self.precision_rates: dict[str, float] = {}
         self.autocast = autocast_for(self.device, "fp32")
-        if self.depth is None:
-            self.train_src = SliceSource(train, self.device, cfg.preload_to_device)
-            self.val_src = SliceSource(val, self.device, cfg.preload_to_device) if self.world.is_main else None
+        if self.kind == "locator3d":
+            self.train_src = CoarseSource(train, cfg.coarse, cfg.n_classes, self.device)
+            self.val_src = CoarseSource(val, cfg.coarse, cfg.n_classes, self.device) if self.world.is_main else None
+        elif self.depth is None:
+            self.train_src = SliceSource(train, self.device, cfg.preload_to_device, cfg.context_slices)
+            self.val_src = (SliceSource(val, self.device, cfg.preload_to_device, cfg.context_slices)
+                            if self.world.is_main else None)
         else:
             self.train_src = VolumeSource(train, self.device, self.depth)
             self.val_src = VolumeSource(val, self.device, self.depth) if self.world.is_main else None
@@ -247,6 +254,8 @@ class Trainer:
                                     self.autocast, self.memory_format)
         elif self.kind == "segmenter3d":
             v = validate_segmenter3d(self.net, self.val_src, self.loss_fn, self.autocast)
+        elif self.kind == "locator3d":
+            v = validate_locator(self.net, self.val_src, self.loss_fn, self.autocast, self.memory_format)
         else:
             v = validate_segmenter(self.net, self.val_src, self.val_table, cfg.val_batch_size, self.loss_fn,
                                    self.autocast, self.memory_format)
@@ -260,8 +269,8 @@ class Trainer:
         if self.sec_per_slice is None:
             return 0.0
         # forward passes of a validation, in slices (3D: every slice, about twice with the overlap)
-        n_val_fwd = {"segmenter": int(self.val_table.tumour.sum()), "classifier": len(self.val_table)}.get(
-            self.kind, 2 * len(self.val_table))
+        n_val_fwd = {"segmenter": int(self.val_table.tumour.sum()), "classifier": len(self.val_table),
+                     "locator3d": len(self.val_table.patients) * (self.depth or 1)}.get(self.kind, 2 * len(self.val_table))
         return 0.5 * n_val_fwd * self.sec_per_slice + 2.0
 
     def _out_of_time(self) -> bool:
@@ -279,9 +288,12 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         """One BSS epoch (cut short when the budget runs out); returns its log row."""
         cfg, world = self.cfg, self.world
-        rows = epoch_rows(self.train_table.tumour, cfg.balance, cfg.seed, epoch, cfg.max_slices_per_epoch)
-        if self.depth is not None:  # the drawn slices become centres of fewer, deeper patches
-            rows = rows[:patch_count(rows.size, self.depth)]
+        if self.kind == "locator3d":  # every patient once, BSS does not apply to whole volumes
+            rows = epoch_items(len(self.train_src), cfg.seed, epoch)
+        else:
+            rows = epoch_rows(self.train_table.tumour, cfg.balance, cfg.seed, epoch, cfg.max_slices_per_epoch)
+            if self.depth is not None:  # the drawn slices become centres of fewer, deeper patches
+                rows = rows[:patch_count(rows.size, self.depth)]
         rows = D.shard(rows, world)
         per_item = self.depth or 1  # slices per batch item
         batches = [rows[i:i + cfg.batch_size] for i in range(0, rows.size, cfg.batch_size)]
@@ -296,7 +308,10 @@ class Trainer:
                 partial = True
                 break
             x, y, flag = self.train_src.batch(b, self.memory_format)
-            if self.depth is None:  # 2D augmentation; 3D patches go in as they are (config.validate)
+            if self.kind == "locator3d":
+                x, y = augment_volume(x, y, cfg.augment, self.gen)
+                x = x.contiguous(memory_format=self.memory_format)
+            elif self.depth is None:  # 2D augmentation; 3D patches go in as they are (config.validate)
                 x, y_aug = augment_batch(x, y if self.kind == "segmenter" else None, cfg.augment, self.gen)
                 y = y_aug if y_aug is not None else y
             if self.precision is None:
@@ -352,7 +367,7 @@ class Trainer:
         self._log(" ".join(f"{k}={_short(val)}" for k, val in row.items()))
         self._save(self.out / "last.pt", self._ckpt())
         write_csv(self.history, self.out / "log.csv")
-        keys = (("val_dice", "val_dice_pooled") if self.kind in SEGMENTER_KINDS
+        keys = (("val_dice", "val_dice_median") if self.kind in DENSE_KINDS
                 else ("val_recall", "val_precision", "val_auc"))
         plot_curves(self.history, self.out / "curves.png", keys)
 

@@ -4,8 +4,9 @@
     net = build_network(NetConfig("sanet", params={"use_sam": True}))
 """
 
-from . import baselines, resnet, sanet  # noqa: F401  (importing registers the networks)
+from . import baselines, locator, resnet, sanet  # noqa: F401  (importing registers the networks)
 from .registry import (
+    DENSE_KINDS,
     SEGMENTER_KINDS,
     NetConfig,
     available_networks,
@@ -18,6 +19,7 @@ from .registry import (
 )
 
 __all__ = [
+    "DENSE_KINDS",
     "SEGMENTER_KINDS",
     "NetConfig",
     "available_networks",

@@ -1,7 +1,7 @@
 """Networks by name: a config dataclass, a registry of builders, and a parameter counter.
 
 A model bundle stores a :class:`NetConfig` as JSON; :func:`build_network` turns it back into a
-module. Every registered network declares its kind ("classifier", "segmenter" or "segmenter3d") and the params it
+module. Every registered network declares its kind ("classifier", "segmenter", "segmenter3d" or "locator3d") and the params it
 takes with their defaults, so a config from a bundle is checked before anything is built.
 """
 
@@ -15,8 +15,9 @@ from torch import nn
 
 from ..errors import GTVError
 
-KINDS = ("classifier", "segmenter", "segmenter3d")
-SEGMENTER_KINDS = ("segmenter", "segmenter3d")
+KINDS = ("classifier", "segmenter", "segmenter3d", "locator3d")
+SEGMENTER_KINDS = ("segmenter", "segmenter3d")  # what the cascade's segmenter slot takes
+DENSE_KINDS = (*SEGMENTER_KINDS, "locator3d")  # per-voxel logits, trained with a segmentation loss
 
 Builder = Callable[["NetConfig"], nn.Module]
 
@@ -92,7 +93,8 @@ def register(name: str, *, kind: str, params: dict[str, Any] | None = None) -> C
         name: the name a :class:`NetConfig` uses.
         kind: "classifier" (``(B, C, H, W) -> (B, K)``), "segmenter" (``(B, C, H, W) -> (B, K, H, W)``)
             or "segmenter3d" (``(B, C, D, H, W) -> (B, K, D, H, W)``, run on stacks of
-            ``params["patch_depth"]`` model-space slices).
+            ``params["patch_depth"]`` model-space slices), or "locator3d" (the same shapes, run
+            once on the whole model-space stack resized to the bundle's ``CoarseSpec``).
         params: every param the network takes, with its default. :func:`build_network` passes the
             builder a config whose ``params`` hold all of them (defaults filled in).
     """
@@ -129,7 +131,7 @@ def available_networks(kind: str | None = None) -> list[str]:
 
 
 def network_kind(name: str) -> str:
-    """"classifier", "segmenter" or "segmenter3d"."""
+    """"classifier", "segmenter", "segmenter3d" or "locator3d"."""
     return _entry(name).kind
 
 
