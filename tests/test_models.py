@@ -72,7 +72,7 @@ def test_forward_shape_and_finite_gradients(name):
     torch.manual_seed(0)
     net = build_network(NetConfig(name, params=TEST_PARAMS.get(name, {}))).train()
     kind = network_kind(name)
-    spatial = (16, SIZE, SIZE) if kind == "segmenter3d" else (SIZE, SIZE)
+    spatial = (16, SIZE, SIZE) if kind in ("segmenter3d", "locator3d") else (SIZE, SIZE)
     out = net(torch.randn(1, 1, *spatial))
     if name == "sanet_mtl":
         seg, cls = out
@@ -97,11 +97,12 @@ def test_forward_shape_and_finite_gradients(name):
 
 def test_parameter_counts_of_the_peers():
     # Reported in the comparison tables; pinned so a MONAI upgrade that changes them is noticed.
-    counts = {name: count_parameters(build_network(NetConfig(name))) for name in ("unetr", "vnet")}
+    counts = {name: count_parameters(build_network(NetConfig(name))) for name in ("unetr", "vnet", "unet3d")}
     vit_s = build_network(NetConfig("unetr", params={"img_size": 96, "hidden_size": 384, "mlp_dim": 1536, "num_heads": 6}))
     assert counts["unetr"] == 87_164_866  # ViT-B/16 encoder
     assert count_parameters(vit_s) == 22_754_626  # ViT-S/16 encoder, the comparison's UNETR
     assert counts["vnet"] == 45_597_898
+    assert counts["unet3d"] == 2_448_988  # the 3D locator
 
 
 def test_unetr_and_vnet_refuse_sizes_they_cannot_take():
