@@ -147,6 +147,7 @@ class Trainer:
         self.slices_seen = 0
         self.train_seconds = 0.0
         self.init_from: str | None = None
+        self.commit = git_commit()  # the code this run started from (the tree may change while it trains)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -237,7 +238,7 @@ class Trainer:
             "val_patients": len(self.val_table.patients), "val_slices": len(self.val_table),
             "epochs_completed": self.epoch, "slices_seen": self.slices_seen,
             "train_seconds": round(self.train_seconds, 1), "device": str(self.device),
-            "world_size": self.world.size, "git_commit": git_commit(), "torch": torch.__version__,
+            "world_size": self.world.size, "git_commit": self.commit, "torch": torch.__version__,
             "init_from": self.init_from,
         }
 
