@@ -165,6 +165,15 @@ def _slice_selection(args: argparse.Namespace):
     return None if selection.empty else selection
 
 
+def _device_name(text: str) -> str:
+    from .device import check_device_name
+
+    try:
+        return check_device_name(text)
+    except GTVError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _json_safe(v):
     if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
         return None
@@ -262,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", nargs="+", help="CT file(s) or DICOM folder(s)")
     s.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     s.add_argument("--model", default=None, help="model name from Resources/Models.json or a bundle path (default: the default model)")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    s.add_argument("--device", default="auto", type=_device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
     s.add_argument("--threshold", type=float, default=None, help="classifier probability threshold (default: the model's)")
     s.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest 3D components (0 keeps all)")
     s.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice (no cascade)")
