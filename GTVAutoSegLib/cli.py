@@ -70,6 +70,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .metrics import evaluate_case
     from .pipeline import Segmenter
     from .report import write_json, write_overview_png
+    from .segfile import Terminology, target_color
 
     outdir = Path(args.output)
     inputs = [Path(p) for p in args.input]
@@ -82,6 +83,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if selection is not None and len(inputs) != 1:
         raise GTVError("slice choices (--include-slices and the like) go with exactly one input")
     bundle = open_model(args.model)
+    terminology = Terminology.for_target(bundle.target, bundle.anatomic_region or None)
     post = None
     if args.keep_largest is not None:
         post = PostprocessSpec(keep_largest=args.keep_largest,
@@ -105,8 +107,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             t = time.perf_counter()
             progress("write", 0.0)
             seg_path = outdir / f"{name}.seg.nrrd"
-            io.write_seg_nrrd(result.mask, seg_path, name="GTV",
-                              terminology=io.Terminology.for_region(bundle.anatomic_region or None))
+            io.write_seg_nrrd(result.mask, seg_path, name=bundle.target, color=target_color(bundle.target),
+                              terminology=terminology)
             io.write_labelmap(result.mask, outdir / f"{name}_label.nii.gz")
             if args.png:
                 write_overview_png(ct, result.mask, outdir / f"{name}_overview.png",
