@@ -67,6 +67,7 @@ class _Progress:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from . import io
     from .bundle import PostprocessSpec, open_model
+    from .catalog import prefetch
     from .metrics import evaluate_case
     from .pipeline import Segmenter
     from .report import write_json, write_overview_png
@@ -82,6 +83,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     selection = _slice_selection(args)
     if selection is not None and len(inputs) != 1:
         raise GTVError("slice choices (--include-slices and the like) go with exactly one input")
+    fetching = _Progress(args.progress)
+    prefetch(args.model, progress=fetching)  # a listed model not here yet is downloaded now, with progress
+    fetching.close()
     bundle = open_model(args.model)
     terminology = Terminology.for_target(bundle.target, bundle.anatomic_region or None)
     post = None
