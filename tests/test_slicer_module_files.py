@@ -170,6 +170,26 @@ def test_cmake_files_describe_the_extension_and_list_existing_files():
     assert "GTVAutoSegLib/*.py" in module and "Resources/Models.json" in module
 
 
+def test_only_the_module_is_installed_at_slicer_s_module_root():
+    """Slicer loads every .py at the top of qt-scripted-modules as a module: only GTVAutoSeg.py may go
+    there (a batch script there logs "class batch_segment was not found" at every start)."""
+    module = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    scripts = re.search(r"set\(MODULE_PYTHON_SCRIPTS\n(.*?)\n  \)", module, re.S).group(1).split()
+    assert [s for s in scripts if "/" not in s] == ["${MODULE_NAME}.py"]
+    assert [p.name for p in MODULE_DIR.glob("*.py")] == ["GTVAutoSeg.py"]
+    # The batch script is a resource; the library goes into its own package folder.
+    assert "Resources/Scripts/batch_segment.py" in module and (MODULE_DIR / "Resources/Scripts/batch_segment.py").is_file()
+    assert "${CMAKE_CURRENT_BINARY_DIR}/${_file}" in module and "RELATIVE ${PROJECT_SOURCE_DIR}" in module
+
+
+def test_slicer_s_build_runs_the_self_test_and_pytest_only_when_asked():
+    testing = (ROOT / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert re.search(r"option\(GTVAutoSeg_ENABLE_PYTEST .* OFF\)", testing)
+    assert testing.index("if(GTVAutoSeg_ENABLE_PYTEST)") < testing.index("add_test(")
+    module = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in module
+
+
 def test_icon_is_a_128_pixel_png():
     data = (MODULE_DIR / "Resources" / "Icons" / "GTVAutoSeg.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
