@@ -11,7 +11,6 @@ in a separate process -> ``GTVAutoSegLib`` (no Slicer). Scripts call the logic d
 
 import importlib
 import logging
-from pathlib import Path
 from typing import Annotated, Optional
 
 import qt
