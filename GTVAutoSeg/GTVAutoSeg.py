@@ -1,16 +1,16 @@
-"""GTVAutoSeg: gross tumour volume segmentation on CT for radiotherapy, as a 3D Slicer module.
+"""GTVAutoSeg: radiotherapy target volume segmentation on CT (GTV, or the target a model was trained
+on, e.g. PTV70), as a 3D Slicer module. Supports 3D Slicer 5.10 and later (``SUPPORTED_SLICER``).
 
 A thin shell: this widget -> ``GTVAutoSegSlicerLib.logic`` (MRML, no Qt) -> the ``gtvautoseg`` CLI
 in a separate process -> ``GTVAutoSegLib`` (no Slicer). Scripts call the logic directly::
 
     logic = slicer.util.getModuleLogic("GTVAutoSeg")
-    run = logic.process(volumeNode)            # waits; run.segmentationNode holds the GTV
+    run = logic.process(volumeNode)            # waits; run.segmentationNode holds the target
+    logic.resegmentSlices(run.segmentationNode, include=[41], exclude=[57])   # the reviewer's corrections
 """
 
-import enum
 import importlib
 import logging
-from pathlib import Path
 from typing import Annotated, Optional
 
 import qt
@@ -29,20 +29,22 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from GTVAutoSegSlicerLib import (
+    SUPPORTED_SLICER,
     GTVAutoSegError,
     RunStatus,
     SegmentationLogic,
     SegmentationLogicProtocol,
     SegmentationParameters,
     SegmentationRun,
+    sliceChanges,
 )
 from GTVAutoSegSlicerLib.dependencies import ensureDependencies, isInteractive, missingRequirements
+from GTVAutoSegSlicerLib.modelchoice import ModelChoice
 from GTVAutoSegSlicerLib.models import listModels, modelsJsonPath
 
 PAPER = ("Shi et al., Rethinking automatic segmentation of gross target volume from a decoupling perspective, "
          "Computerized Medical Imaging and Graphics, 2024")
-TERMINOLOGY_FILE = "Terminology/GTVAutoSeg-RadiotherapyTargets.term.json"
-BROWSE = "__browse__"
+BATCH_SCRIPT = "Scripts/batch_segment.py"  # a resource: never at the top of qt-scripted-modules
 POLL_INTERVAL_MS = 200
 
 
@@ -51,52 +53,52 @@ class GTVAutoSeg(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("GTV AutoSeg")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = ["Segmentations", "Terminologies"]
-        self.parent.contributors = ["GTVAutoSeg contributors"]
+        self.parent.dependencies = ["Segmentations", "Terminologies", "SubjectHierarchy"]
+        self.parent.contributors = ["GTVAutoSeg developers (GTVAutoSeg open-source project)"]
         self.parent.helpText = _(
-            "Segments the gross tumour volume (GTV) on a CT: a ResNet18 classifier picks the axial slices "
-            "that hold tumour and a SANet segments only those. The result is an editable segment with "
-            "standard terminology; the slices whose probability is near the threshold are listed for review. "
-            "For research use; every result must be reviewed by a clinician.<br>"
-            "Batch use: <code>Slicer --no-main-window --python-script batch_segment.py --input ... --output ...</code>"
-        )
+            "Contours the radiotherapy target volume on a CT: a ResNet18 classifier picks the axial slices "
+            "that hold tumour and a SANet segments only those. The segment is named and coded after the "
+            "model's target (the shipped model: head-and-neck PTV70). Slices whose probability is near the "
+            "threshold are listed for review: tick a slice the classifier missed or untick one it wrongly "
+            "kept, and re-segment only those slices. For research use; every result must be reviewed by a "
+            "clinician. Needs 3D Slicer {version} or later.<br>"
+            "Batch use: <code>Slicer --no-main-window --python-script "
+            "&lt;module folder&gt;/Resources/{script} --input ... --output ...</code>"
+        ).format(version=SUPPORTED_SLICER, script=BATCH_SCRIPT)
         self.parent.acknowledgementText = _(
             "The method is the heterogeneous cascade framework of {paper}. Networks and training code are a "
             "re-implementation; see the model card of each model for its data and validation."
         ).format(paper=PAPER)
-        slicer.app.connect("startupCompleted()", _registerTerminology)
+        slicer.app.connect("startupCompleted()", _onStartup)
 
 
-def _registerTerminology() -> None:
-    """Load the GTV terminology so the terminology selector offers it for manual segments too."""
-    path = Path(__file__).resolve().parent / "Resources" / TERMINOLOGY_FILE
+def _onStartup() -> None:
+    """Load the target terminology (so the terminology selector resolves our segments) and warn on
+    a Slicer older than the supported one."""
+    version = (slicer.app.majorVersion, slicer.app.minorVersion)
+    if version < tuple(int(v) for v in SUPPORTED_SLICER.split(".")):
+        logging.warning(f"GTVAutoSeg supports 3D Slicer {SUPPORTED_SLICER} and later; this is {version[0]}.{version[1]}")
     try:
-        slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(path))
+        from GTVAutoSegSlicerLib.terminology import registerTerminology
+
+        registerTerminology(slicer.modules.terminologies.logic())
     except Exception as exc:  # a missing Terminologies module must not stop the module loading
-        logging.warning(f"GTVAutoSeg: terminology {path.name} not loaded: {exc}")
-
-
-class Device(enum.Enum):
-    AUTO = "auto"
-    CPU = "cpu"
-    GPU = "cuda"
-
-    def label(self) -> str:
-        return {"auto": _("Auto"), "cpu": _("CPU"), "cuda": _("GPU (CUDA)")}[self.value]
+        logging.warning(f"GTVAutoSeg: the target terminology was not loaded: {exc}")
 
 
 @parameterNodeWrapper
 class GTVAutoSegParameterNode:
-    """The GUI state. ``model`` is a Models.json name or a bundle path ("" = the default model); its
-    selector is filled from Models.json at run time, so it is synchronised in code, not bound."""
+    """The GUI state. ``model`` (a Models.json name or a bundle path, "" = the default model) and
+    ``device`` (``auto``, ``cpu``, ``cuda:N``, ``mps``) have selectors filled at run time, so they
+    are synchronised in code, not bound."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     model: str = ""
-    device: Device = Device.AUTO
+    device: str = "auto"
     useModelThreshold: bool = True
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    reviewMargin: Annotated[float, WithinRange(0.0, 0.5)] = 0.1
+    reviewMargin: Annotated[float, WithinRange(0.0, 1.0)] = 0.1
     show3D: bool = True
 
 
@@ -113,6 +115,8 @@ class GTVAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run: Optional[SegmentationRun] = None
         self._models = []
+        self._modelChoice: Optional[ModelChoice] = None
+        self._reviewItems = []
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
 
@@ -124,18 +128,23 @@ class GTVAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         if self.logic is None:
             self.logic = GTVAutoSegLogic()
+        self._modelChoice = ModelChoice(self.ui.modelComboBox, self._askForBundle)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._timer.timeout.connect(self._poll)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
+        self.ui.resegmentButton.clicked.connect(self.onResegmentButton)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelSelected)
+        self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceSelected)
         self.ui.show3DCheckBox.toggled.connect(self.onShow3DToggled)
         self.ui.reviewMarginSpinBox.valueChanged.connect(lambda _value: self._showReviewList())
         self.ui.outputSegmentationSelector.currentNodeChanged.connect(lambda _node: self._showReviewList())
         self.ui.reviewListWidget.itemClicked.connect(self.onReviewItemClicked)
+        self.ui.reviewListWidget.itemChanged.connect(lambda _item: self._updateResegmentButton())
         self.ui.progressBar.visible = False
         self._populateModels()
+        self._populateDevices()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -189,7 +198,10 @@ class GTVAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         running = self.logic.isRunning()
         self.ui.thresholdSliderWidget.enabled = not node.useModelThreshold and not running
-        self._selectModelItem(node.model)
+        if node.model != self._modelChoice.current:
+            self._modelChoice.show(node.model)
+            self._showModelCard()
+        self._selectDevice(node.device)
         for widget in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton):
             widget.enabled = not running
         if running:
@@ -205,47 +217,28 @@ class GTVAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elif not hasModel:
                 self.ui.applyButton.toolTip = _("No model is installed: choose a model bundle file.")
             else:
-                self.ui.applyButton.toolTip = _("Segment the gross tumour volume on the input CT.")
+                self.ui.applyButton.toolTip = _("Segment the model's target volume on the input CT.")
+        self._updateResegmentButton()
 
-    # ------------------------------------------------------------------ models
+    # ------------------------------------------------------------------ models and devices
 
     def _populateModels(self) -> None:
-        combo = self.ui.modelComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
         try:
             self._models = listModels()
         except GTVAutoSegError as exc:
             self._models = []
             self._setStatus(str(exc), error=True)
-        for info in sorted(self._models, key=lambda m: not m.default):
-            combo.addItem(info.display_name(), info.name)
-        if not self._models:
-            combo.addItem(_("No model installed"), "")
-        combo.addItem(_("Model bundle file..."), BROWSE)
-        combo.blockSignals(wasBlocked)
+        self._modelChoice.setModels(self._models)
         self._showModelCard()
 
-    def _selectModelItem(self, model: str) -> None:
-        combo = self.ui.modelComboBox
-        index = combo.findData(model) if model else 0
-        if index < 0:  # a bundle path chosen earlier
-            combo.insertItem(combo.count - 1, Path(model).name, model)
-            index = combo.findData(model)
-        if index != combo.currentIndex:
-            wasBlocked = combo.blockSignals(True)
-            combo.currentIndex = index
-            combo.blockSignals(wasBlocked)
-        self._showModelCard()
+    def _askForBundle(self) -> str:
+        return qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Select a GTVAutoSeg model bundle"), "", _("Model bundle (*.pt)"))
 
     def onModelSelected(self, index: int) -> None:
-        data = self.ui.modelComboBox.itemData(index)
-        if data == BROWSE:
-            path = qt.QFileDialog.getOpenFileName(
-                slicer.util.mainWindow(), _("Select a GTVAutoSeg model bundle"), "", _("Model bundle (*.pt)"))
-            data = path or (self._parameterNode.model if self._parameterNode else "")
+        model = self._modelChoice.choose(index)  # opens the file dialog once for "Model bundle file..."
         if self._parameterNode is not None:
-            self._parameterNode.model = data or ""
+            self._parameterNode.model = model
         self._showModelCard()
 
     def _showModelCard(self) -> None:
@@ -258,31 +251,94 @@ class GTVAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         browser = self.ui.modelCardTextBrowser
         browser.setMarkdown(text) if hasattr(browser, "setMarkdown") else browser.setPlainText(text)
 
+    def _populateDevices(self) -> None:
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        try:
+            choices = SegmentationLogic.deviceChoices()
+        except Exception as exc:  # a broken torch must not keep the module from opening
+            logging.warning(f"GTVAutoSeg: could not list the devices: {exc}")
+            choices = [("auto", _("Auto")), ("cpu", _("CPU"))]
+        for name, label in choices:
+            combo.addItem(label, name)
+        combo.blockSignals(wasBlocked)
+
+    def _selectDevice(self, device: str) -> None:
+        combo = self.ui.deviceComboBox
+        index = combo.findData(device)
+        if index < 0:  # a device saved in a scene that this machine lacks: offer it, the run will say why
+            combo.addItem(device, device)
+            index = combo.findData(device)
+        if index != combo.currentIndex:
+            wasBlocked = combo.blockSignals(True)
+            combo.currentIndex = index
+            combo.blockSignals(wasBlocked)
+
+    def onDeviceSelected(self, index: int) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+
     # ------------------------------------------------------------------ running
+
+    def _parameters(self) -> SegmentationParameters:
+        node = self._parameterNode
+        return SegmentationParameters(
+            model=node.model or None, device=node.device,
+            threshold=None if node.useModelThreshold else float(node.threshold),
+            reviewMargin=float(node.reviewMargin), createSurface=bool(node.show3D))
 
     def onApplyButton(self) -> None:
         if self.logic.isRunning():
             self.logic.cancel()
             return
         node = self._parameterNode
-        parameters = SegmentationParameters(
-            model=node.model or None, device=node.device.value,
-            threshold=None if node.useModelThreshold else float(node.threshold),
-            reviewMargin=float(node.reviewMargin), createSurface=bool(node.show3D))
-        try:
-            with slicer.util.WaitCursor():
-                ensureDependencies(confirm=self._confirm)
-            self._run = self.logic.process(node.inputVolume, node.outputSegmentation, parameters,
-                                           waitForCompletion=False, onProgress=self._onProgress,
-                                           onFinished=self._onFinished)
-        except GTVAutoSegError as exc:
-            self._setStatus(str(exc), error=True)
+        with slicer.util.tryWithErrorDisplay(_("GTVAutoSeg could not start the segmentation."), waitCursor=True):
+            try:
+                self._installDependencies()
+                self._run = self.logic.process(node.inputVolume, node.outputSegmentation, self._parameters(),
+                                               waitForCompletion=False, onProgress=self._onProgress,
+                                               onFinished=self._onFinished, onLog=self._log)
+            except GTVAutoSegError as exc:  # user-fixable: one line in the status, no dialog
+                self._setStatus(str(exc), error=True)
+                return
+        self._started(_("Segmenting..."))
+
+    def onResegmentButton(self) -> None:
+        node = self._parameterNode
+        include, exclude = sliceChanges(self._reviewItems, self._tickedSlices())
+        with slicer.util.tryWithErrorDisplay(_("GTVAutoSeg could not re-segment the slices."), waitCursor=True):
+            try:
+                if include:
+                    self._installDependencies()
+                self._run = self.logic.resegmentSlices(node.outputSegmentation, include, exclude, self._parameters(),
+                                                       waitForCompletion=False, onProgress=self._onProgress,
+                                                       onFinished=self._onFinished, onLog=self._log)
+            except GTVAutoSegError as exc:
+                self._setStatus(str(exc), error=True)
+                return
+        if self.logic.isRunning():  # emptying slices only is done already
+            self._started(_("Re-segmenting {count} slice(s)...").format(count=len(include)))
+
+    def _installDependencies(self) -> None:
+        if not missingRequirements():
             return
-        self.ui.reviewListWidget.clear()
+        self._setStatus(_("Installing the Python packages GTVAutoSeg needs (see the log)..."))
+        self.ui.logCollapsibleButton.collapsed = False
+        self.ui.progressBar.visible = True
+        self.ui.progressBar.setRange(0, 0)  # busy: the installers report lines, not percentages
+        slicer.app.processEvents()
+        try:
+            ensureDependencies(confirm=self._confirm, log=self._log)
+        finally:
+            self.ui.progressBar.setRange(0, 100)
+            self.ui.progressBar.visible = False
+
+    def _started(self, text: str) -> None:
         self.ui.progressBar.value = 0
         self.ui.progressBar.format = _("starting") + " %p%"
         self.ui.progressBar.visible = True
-        self._setStatus(_("Segmenting the GTV..."))
+        self._setStatus(text)
         self._timer.start()
         self._updateGui()
 
@@ -292,8 +348,15 @@ class GTVAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return isInteractive() and slicer.util.confirmOkCancelDisplay(text)
 
     def _poll(self) -> None:
-        if not self.logic.poll():
+        try:
+            if not self.logic.poll():
+                self._timer.stop()
+        except Exception:
+            # Never let a failing poll repeat every 200 ms: stop, end the process, show the error.
             self._timer.stop()
+            self.logic.cancel()
+            with slicer.util.tryWithErrorDisplay(_("GTVAutoSeg stopped with an unexpected error.")):
+                raise
 
     def _onProgress(self, run: SegmentationRun) -> None:
         self.ui.progressBar.value = int(run.percent)
@@ -318,6 +381,10 @@ class GTVAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.styleSheet = "color: #c62828" if error else ""
         (logging.error if error else logging.info)(f"GTVAutoSeg: {text}")
 
+    def _log(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(f"{qt.QTime.currentTime().toString('HH:mm:ss')}  {line}")
+        slicer.app.processEvents()  # installers block; let the log show each step as it comes
+
     # ------------------------------------------------------------------ after a run
 
     def onShow3DToggled(self, checked: bool) -> None:
@@ -328,21 +395,37 @@ class GTVAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showReviewList(self) -> None:
         listWidget = self.ui.reviewListWidget
+        wasBlocked = listWidget.blockSignals(True)
         listWidget.clear()
+        self._reviewItems = []
         node = self._parameterNode
-        if node is None or node.outputSegmentation is None or self.logic.isRunning():
-            return
-        for item in self.logic.reviewList(node.outputSegmentation, float(node.reviewMargin)):
+        if node is not None and node.outputSegmentation is not None and not self.logic.isRunning():
+            self._reviewItems = self.logic.reviewList(node.outputSegmentation, float(node.reviewMargin))
+        for item in self._reviewItems:
             entry = qt.QListWidgetItem(item.label())
             entry.setData(qt.Qt.UserRole, list(item.ras))
+            entry.setFlags(entry.flags() | qt.Qt.ItemIsUserCheckable)
+            entry.setCheckState(qt.Qt.Checked if item.selected else qt.Qt.Unchecked)
             listWidget.addItem(entry)
+        listWidget.blockSignals(wasBlocked)
+        self._updateResegmentButton()
+
+    def _tickedSlices(self) -> dict:
+        listWidget = self.ui.reviewListWidget
+        return {item.sliceIndex: listWidget.item(row).checkState() == qt.Qt.Checked
+                for row, item in enumerate(self._reviewItems)}
+
+    def _updateResegmentButton(self) -> None:
+        include, exclude = sliceChanges(self._reviewItems, self._tickedSlices()) if self._reviewItems else ([], [])
+        self.ui.resegmentButton.enabled = bool(include or exclude) and not self.logic.isRunning()
 
     def onReviewItemClicked(self, item) -> None:
         r, a, s = item.data(qt.Qt.UserRole)
         slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, r, a, s, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
 
     def onReload(self) -> None:
-        for name in ("errors", "process", "nodes", "review", "models", "dependencies", "logic", "testing"):
+        for name in ("errors", "process", "review", "nodes", "terminology", "results", "models", "modelchoice",
+                     "dependencies", "logic", "testing"):
             module = importlib.import_module(f"GTVAutoSegSlicerLib.{name}")
             importlib.reload(module)
         importlib.reload(importlib.import_module("GTVAutoSegSlicerLib"))
@@ -361,22 +444,19 @@ class GTVAutoSegLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
 
 
 class GTVAutoSegTest(ScriptedLoadableModuleTest):
-    """Inside Slicer: a phantom CT through the module logic, with a test bundle whose output is known.
-    The full suite runs with pytest and slicer-core (tests/test_slicer_*.py)."""
+    """Inside Slicer (Reload and Test, and the extension's ctest): ``GTVAutoSegSlicerLib.testing.runSelfTest``,
+    the same body the pytest suite runs with slicer-core (tests/test_slicer_selftest.py)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_segment_phantom()
+        self.test_segment_and_correct_slices()
 
-    def test_segment_phantom(self):
+    def test_segment_and_correct_slices(self):
         import tempfile
 
-        import SimpleITK as sitk
-
-        from GTVAutoSegLib.phantom import make_phantom
         from GTVAutoSegSlicerLib import testing
 
         missing = missingRequirements()
@@ -384,18 +464,5 @@ class GTVAutoSegTest(ScriptedLoadableModuleTest):
             # The extension's CI has no torch; installing gigabytes there is not the test's job.
             self.delayDisplay(f"Skipped: install {', '.join(missing)} (open the module once) to run this test")
             return
-        self.delayDisplay("Segmenting a phantom CT")
         with tempfile.TemporaryDirectory() as tmp:
-            ct, _mask = make_phantom(shape=(6, 64, 64), spacing=(2.0, 2.0, 3.0), seed=0)
-            ctPath = Path(tmp) / "phantom.nrrd"
-            sitk.WriteImage(ct.to_sitk(), str(ctPath))
-            volume = slicer.util.loadVolume(str(ctPath))
-            bundle = testing.makeBundle(Path(tmp) / "test.pt", "foreground")
-            logic = GTVAutoSegLogic()
-            run = logic.process(volume, parameters=SegmentationParameters(model=str(bundle), device="cpu"))
-        segmentation = run.segmentationNode.GetSegmentation()
-        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
-        self.assertEqual(segmentation.GetNthSegment(0).GetName(), "GTV")
-        self.assertEqual(run.tableNode.GetNumberOfRows(), 6)
-        self.assertGreater(run.report["volume_cc"], 0.0)
-        self.delayDisplay("Test passed")
+            testing.runSelfTest(slicer.mrmlScene, tmp, log=self.delayDisplay)

@@ -192,10 +192,10 @@ def resolve_model(name_or_path: str | None, models_json: str | Path = MODELS_JSO
         if not defaults:
             raise GTVError(f"no model is installed ({models_json} lists none); pass --model PATH to a bundle")
         e = defaults[0]
-        return e.path(resources), e.sha256, e
+        return e.fetch(resources), e.sha256, e
     for e in entries:
         if name_or_path in (e.name, f"{e.name}@{e.version}"):
-            return e.path(resources), e.sha256, e
+            return e.fetch(resources), e.sha256, e
     path = Path(name_or_path)
     for e in entries:
         if path.exists() and e.path(resources).exists() and path.resolve() == e.path(resources).resolve():

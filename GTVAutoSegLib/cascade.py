@@ -191,11 +191,13 @@ class Cascade:
         return out
 
     def __call__(self, slices: np.ndarray, threshold: float, progress: ProgressFn | None = None,
-                 cancel: CancelFn | None = None, use_classifier: bool = True) -> CascadeResult:
+                 cancel: CancelFn | None = None, use_classifier: bool = True,
+                 select: Callable[[np.ndarray], np.ndarray] | None = None) -> CascadeResult:
         """Classify, select ``probs >= threshold``, segment the selection.
 
         With ``use_classifier=False`` the classifier does not run at all: every slice is segmented
-        and ``slice_probs`` is NaN (the "segmenter alone" arm).
+        and ``slice_probs`` is NaN (the "segmenter alone" arm). ``select`` maps that ``(Z,)`` bool
+        selection to the one the segmenter gets (a reviewer's correction, ``slices.SliceSelection``).
         """
         timings = {}
         t0 = time.perf_counter()
@@ -206,6 +208,8 @@ class Cascade:
         else:
             probs = np.full(slices.shape[0], np.nan, dtype=np.float32)
             selected = np.ones(slices.shape[0], dtype=bool)
+        if select is not None:
+            selected = np.asarray(select(selected), dtype=bool)
         t1 = time.perf_counter()
         seg = self.segment(slices, selected, progress, cancel)
         self._sync()

@@ -1,7 +1,9 @@
-"""The shipped models as listed in ``Resources/Models.json``, readable without torch.
+"""The models as listed in ``Resources/Models.json``, readable without torch.
 
 The Slicer widget fills its model selector before torch may be installed, and the bundle loader
-enforces each entry's SHA-256; both read the list through this module.
+enforces each entry's SHA-256; both read the list through this module. An entry's file either lies
+beside Models.json (kept in the repository) or, when the entry has a ``url``, is downloaded on
+first use into the user's cache (``download.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class ModelEntry:
         title: a human-readable name for selectors.
         card: a model card file (``.md``/``.txt`` beside Models.json) or the card text itself.
         default: the model used when none is named.
+        url: where to download ``file`` from when it is not beside Models.json (optional).
     """
 
     name: str
@@ -36,12 +39,33 @@ class ModelEntry:
     title: str = ""
     card: str = ""
     default: bool = False
+    url: str = ""
 
     def path(self, resources: Path) -> Path:
         return resources / self.file
 
+    def local_path(self, resources: Path) -> Path:
+        """Where the file is used from: beside Models.json if it is there, else the download cache."""
+        shipped = self.path(resources)
+        if shipped.is_file() or not self.url:
+            return shipped
+        from .download import cache_folder
+
+        return cache_folder() / self.file
+
+    def fetch(self, resources: Path, progress=None) -> Path:
+        """The file to load: the shipped one, or the cached download (downloaded and verified now
+        if it is not there yet). ``progress(stage, fraction)`` follows the download."""
+        path = self.local_path(resources)
+        if path == self.path(resources):
+            return path
+        from .download import fetch
+
+        return fetch(self.url, self.sha256, path, f"{self.name}@{self.version}", progress)
+
     def display_name(self) -> str:
-        return f"{self.title or self.name} ({self.version})"
+        suffix = "" if not self.url else ", downloaded on first use"
+        return f"{self.title or self.name} ({self.version}{suffix})"
 
     def card_text(self, resources: Path) -> str:
         """The model card's text: the file ``card`` names when there is one, else ``card`` itself."""
@@ -61,3 +85,15 @@ def list_models(models_json: str | Path = MODELS_JSON) -> list[ModelEntry]:
         return [ModelEntry(**row) for row in rows]
     except (KeyError, TypeError, ValueError) as exc:
         raise GTVError(f"{models_json} is malformed: {exc}") from None
+
+
+def prefetch(name_or_path: str | None, models_json: str | Path = MODELS_JSON, progress=None) -> None:
+    """Download a listed model that is not here yet, reporting ``progress("download", fraction)``
+    (the CLI shows it as a bar or as progress lines); anything else is left to the bundle loader."""
+    entries = list_models(models_json)
+    if name_or_path is None:
+        entries = [e for e in entries if e.default] or entries[:1]
+    else:
+        entries = [e for e in entries if name_or_path in (e.name, f"{e.name}@{e.version}")]
+    if entries:
+        entries[0].fetch(Path(models_json).parent, progress)

@@ -67,9 +67,11 @@ class _Progress:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from . import io
     from .bundle import PostprocessSpec, open_model
+    from .catalog import prefetch
     from .metrics import evaluate_case
     from .pipeline import Segmenter
     from .report import write_json, write_overview_png
+    from .segfile import Terminology, target_color
 
     outdir = Path(args.output)
     inputs = [Path(p) for p in args.input]
@@ -78,7 +80,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             raise GTVError(f"input not found: {p}")
     if args.reference and len(inputs) != 1:
         raise GTVError("--reference goes with exactly one input")
+    selection = _slice_selection(args)
+    if selection is not None and len(inputs) != 1:
+        raise GTVError("slice choices (--include-slices and the like) go with exactly one input")
+    fetching = _Progress(args.progress)
+    prefetch(args.model, progress=fetching)  # a listed model not here yet is downloaded now, with progress
+    fetching.close()
     bundle = open_model(args.model)
+    terminology = Terminology.for_target(bundle.target, bundle.anatomic_region or None)
     post = None
     if args.keep_largest is not None:
         post = PostprocessSpec(keep_largest=args.keep_largest,
@@ -98,12 +107,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             if reference is not None and not reference.same_grid(ct):
                 reference = io.resample_to(reference, ct, nearest=True)
             t_read = time.perf_counter() - t0
-            result = seg(ct, progress=progress)
+            result = seg(ct, progress=progress, selection=selection)
             t = time.perf_counter()
             progress("write", 0.0)
             seg_path = outdir / f"{name}.seg.nrrd"
-            io.write_seg_nrrd(result.mask, seg_path, name="GTV",
-                              terminology=io.Terminology.for_region(bundle.anatomic_region or None))
+            io.write_seg_nrrd(result.mask, seg_path, name=bundle.target, color=target_color(bundle.target),
+                              terminology=terminology)
             io.write_labelmap(result.mask, outdir / f"{name}_label.nii.gz")
             if args.png:
                 write_overview_png(ct, result.mask, outdir / f"{name}_overview.png",
@@ -122,6 +131,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 "volume_cc": round(result.volume_cc(), 3),
                 "slices_total": int(result.slice_probs.size),
                 "slices_segmented": int(result.selected.sum()),
+                "slice_selected": [int(v) for v in result.selected],
+                "slice_selection": selection.to_dict() if selection is not None else None,
                 # null for every slice when the classifier was switched off (--no-classifier)
                 "slice_probabilities": [_json_safe(round(float(p), 4)) for p in result.slice_probs],
                 "timings_s": {k: round(v, 4) for k, v in timings.items()},
@@ -147,6 +158,26 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             failures += 1
             print(f"gtvautoseg: {path}: {exc}", file=sys.stderr, flush=True)
     return 1 if failures else 0
+
+
+def _slice_selection(args: argparse.Namespace):
+    """The reviewer's slice choices from the flags and ``--slice-file``, or None."""
+    from .slices import SliceSelection, parse_slice_list
+
+    only = parse_slice_list(args.only_slices) if args.only_slices is not None else None
+    selection = SliceSelection(parse_slice_list(args.include_slices or ""), parse_slice_list(args.exclude_slices or ""), only)
+    if args.slice_file:
+        selection = selection.merged(SliceSelection.from_file(args.slice_file))
+    return None if selection.empty else selection
+
+
+def _device_name(text: str) -> str:
+    from .device import check_device_name
+
+    try:
+        return check_device_name(text)
+    except GTVError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _json_safe(v):
@@ -246,10 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", nargs="+", help="CT file(s) or DICOM folder(s)")
     s.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     s.add_argument("--model", default=None, help="model name from Resources/Models.json or a bundle path (default: the default model)")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    s.add_argument("--device", default="auto", type=_device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
     s.add_argument("--threshold", type=float, default=None, help="classifier probability threshold (default: the model's)")
     s.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest 3D components (0 keeps all)")
     s.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice (no cascade)")
+    s.add_argument("--include-slices", metavar="LIST", help="also segment these slices (e.g. 12,14-17; K indices from 0)")
+    s.add_argument("--exclude-slices", metavar="LIST", help="leave these slices empty whatever the classifier says")
+    s.add_argument("--only-slices", metavar="LIST", help="segment exactly these slices; the classifier does not run")
+    s.add_argument("--slice-file", metavar="JSON", help='slice choices as {"include": [...], "exclude": [...]} or {"only": [...]}')
     s.add_argument("--reference", default=None, help="a reference mask: report Dice etc. against it")
     s.add_argument("--png", action="store_true", help="also write NAME_overview.png (axial/coronal/sagittal)")
     s.add_argument("--name", default=None, help="case name for output files (one input only)")

@@ -1,22 +1,69 @@
-"""Device chosen once, from "auto" / "cpu" / "cuda" (or "cuda:N")."""
+"""Device chosen once: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (one GPU of several) or ``mps`` (Apple).
+
+The names are checked here without torch (the Slicer module and the batch script check them
+before any inference process starts); only :func:`resolve_device` and :func:`available_devices`
+import torch.
+"""
 
 from __future__ import annotations
 
-import torch
+import re
 
 from .errors import GTVError
 
+# "auto" takes the CUDA GPU when torch sees one, else the CPU. It never picks "mps": some of the
+# networks' operations (adaptive pooling on sizes that do not divide) are not supported there.
+DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
-def resolve_device(name: str = "auto") -> torch.device:
-    name = (name or "auto").lower()
+
+def check_device_name(name: str | None) -> str:
+    """The device name, lower-cased (``gpu`` is ``cuda``); ``GTVError`` if it is none of
+    :data:`DEVICE_NAMES`."""
+    normalised = (name or "auto").strip().lower()
+    if normalised == "gpu":
+        normalised = "cuda"
+    if not _PATTERN.fullmatch(normalised):
+        raise GTVError(f"unknown device '{name}'; use {', '.join(DEVICE_NAMES)}")
+    return normalised
+
+
+def resolve_device(name: str = "auto"):
+    """The ``torch.device`` for a checked name.
+
+    Raises:
+        GTVError: the device is not available to this torch (no CUDA, fewer GPUs, no MPS).
+    """
+    import torch
+
+    name = check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "gpu":
-        name = "cuda"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise GTVError("device 'cuda' was asked for but no CUDA GPU is available to torch; use --device cpu")
+            raise GTVError(f"device '{name}' was asked for but no CUDA GPU is available to torch; use --device cpu")
+        count = torch.cuda.device_count()
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise GTVError(f"device '{name}' was asked for but torch sees {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
         return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise GTVError(f"unknown device '{name}'; use auto, cpu or cuda")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise GTVError("device 'mps' was asked for but this torch has no Apple MPS backend available; use --device cpu")
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """``(name, label)`` for every device this torch can run on, ``auto`` and ``cpu`` first."""
+    import torch
+
+    devices = [("auto", "Auto (CUDA GPU if any, else CPU)"), ("cpu", "CPU")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            devices.append((f"cuda:{i}", f"GPU {i}: {torch.cuda.get_device_name(i)}"))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append(("mps", "Apple GPU (MPS)"))
+    return devices

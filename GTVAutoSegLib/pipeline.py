@@ -16,6 +16,7 @@ from .errors import Cancelled
 from .image import Image
 from .models import network_kind, resolve_config
 from .preprocessing import prepare, restore, restore_slice_values
+from .slices import SliceSelection
 
 
 @dataclass
@@ -86,7 +87,11 @@ class Segmenter:
         return keep_components((prob >= 0.5).astype(np.uint8), image.spacing, self.postprocess)
 
     def __call__(self, image: Image, progress: ProgressFn | None = None,
-                 cancel: CancelFn | None = None) -> SegmentationResult:
+                 cancel: CancelFn | None = None, selection: SliceSelection | None = None) -> SegmentationResult:
+        """``selection``: the reviewer's included / excluded slices, or ``only`` slices to segment
+        without the classifier; indices along ``image.array``'s axis 0."""
+        if selection is not None:
+            selection.check(image.array.shape[0])
         timings = {}
         t = time.perf_counter()
         if progress:
@@ -96,8 +101,13 @@ class Segmenter:
         if cancel is not None and cancel():
             raise Cancelled("cancelled after preprocessing")
 
-        threshold = self.threshold if self.use_classifier else -1.0
-        result = self.cascade(slices, threshold, progress, cancel, use_classifier=self.use_classifier)
+        use_classifier = self.use_classifier and (selection is None or selection.runs_classifier)
+        threshold = self.threshold if use_classifier else -1.0
+        select = None
+        if selection is not None and not selection.empty:  # corrected in the input's slice order
+            def select(chosen):
+                return selection.apply(restore_slice_values(chosen, state))[state.original_slice_index]
+        result = self.cascade(slices, threshold, progress, cancel, use_classifier=use_classifier, select=select)
         timings.update(result.timings)
 
         t = time.perf_counter()

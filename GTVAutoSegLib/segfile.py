@@ -34,7 +34,7 @@ class Code:
         return cls(*parts[:3]) if any(parts[:3]) else None
 
 
-# Anatomic regions a GTV segment may be tagged with (DICOM anatomic codes, SNOMED CT).
+# Anatomic regions a target segment may be tagged with (DICOM anatomic codes, SNOMED CT).
 ANATOMIC_REGIONS: dict[str, Code] = {
     "head_and_neck": Code("SCT", "774007", "Head and Neck"),
     "lung": Code("SCT", "39607008", "Lung"),
@@ -42,25 +42,69 @@ ANATOMIC_REGIONS: dict[str, Code] = {
 
 
 @dataclass(frozen=True)
+class TargetType:
+    """One radiotherapy target volume type: its code and its display colour (RGB in [0, 1])."""
+
+    code: Code
+    color: tuple[float, float, float]
+
+
+# Segments are coded in a terminology context of our own, because 3D Slicer's general anatomy list
+# holds no radiotherapy targets; the Slicer module loads this context (terminology_context_json) so
+# its terminology selector resolves every segment we write. Types: DICOM CID 9534 "Radiotherapy
+# Target"; keys are the type prefixes of AAPM TG-263 target names (GTV, CTVp, ITV, PTV70, PTV_High).
+TERMINOLOGY_CONTEXT = "GTVAutoSeg - Radiotherapy target volumes"
+TARGET_CATEGORY = Code("SCT", "49755003", "Morphologically Altered Structure")
+TARGET_TYPES: dict[str, TargetType] = {
+    "GTV": TargetType(Code("SCT", "228791009", "GTV"), (0.9, 0.1, 0.1)),   # radiotherapy convention: red
+    "CTV": TargetType(Code("SCT", "228792002", "CTV"), (0.9, 0.55, 0.1)),
+    "ITV": TargetType(Code("DCM", "130056", "ITV"), (0.9, 0.85, 0.1)),
+    "PTV": TargetType(Code("SCT", "228793007", "PTV"), (0.1, 0.55, 0.9)),
+}
+
+
+def target_type(target: str) -> str:
+    """The TG-263 type of a target name: ``"PTV70"`` -> ``"PTV"``, ``"gtv_primary"`` -> ``"GTV"``."""
+    upper = str(target).upper()
+    for kind in TARGET_TYPES:
+        if upper.startswith(kind):
+            return kind
+    raise GTVError(f"target '{target}' does not name a radiotherapy target volume (a name starting with "
+                   f"{', '.join(TARGET_TYPES)}, as in AAPM TG-263)")
+
+
+def target_color(target: str) -> tuple[float, float, float]:
+    """The display colour of a target's type."""
+    return TARGET_TYPES[target_type(target)].color
+
+
+@dataclass(frozen=True)
 class Terminology:
     """What a segment is, in 3D Slicer's terminology (shown and kept by Slicer, DICOM SEG export)."""
 
-    category: Code = Code("SCT", "49755003", "Morphologically Altered Structure")
-    type: Code = Code("SCT", "86049000", "Neoplasm, Primary")
+    category: Code = TARGET_CATEGORY
+    type: Code = TARGET_TYPES["GTV"].code
     type_modifier: Code | None = None
     anatomic_region: Code | None = None
     anatomic_region_modifier: Code | None = None
-    context_name: str = "Segmentation category and type - 3D Slicer General Anatomy list"
+    context_name: str = TERMINOLOGY_CONTEXT
     anatomic_context_name: str = "Anatomic codes - DICOM master list"
 
     @classmethod
     def for_region(cls, region: str | None) -> "Terminology":
         """The GTV terminology, tagged with one of :data:`ANATOMIC_REGIONS` (or no region)."""
+        return cls.for_target("GTV", region)
+
+    @classmethod
+    def for_target(cls, target: str, region: str | None = None) -> "Terminology":
+        """The terminology of a target volume (``"GTV"``, ``"PTV70"``...), tagged with one of
+        :data:`ANATOMIC_REGIONS` (or no region)."""
+        kind = TARGET_TYPES[target_type(target)]
         if region is None:
-            return cls()
+            return cls(type=kind.code)
         if region not in ANATOMIC_REGIONS:
             raise GTVError(f"unknown anatomic region {region!r}; known: {', '.join(ANATOMIC_REGIONS)}")
-        return cls(anatomic_region=ANATOMIC_REGIONS[region])
+        return cls(type=kind.code, anatomic_region=ANATOMIC_REGIONS[region])
 
     def entry_string(self) -> str:
         """Slicer's ``TerminologyEntry`` tag value: seven ``~``-separated parts."""
@@ -88,7 +132,23 @@ class Terminology:
             raise GTVError(f"terminology needs a category and a type as [scheme, value, meaning] ({e})") from None
 
 
-GTV_COLOR = (0.9, 0.1, 0.1)  # radiotherapy convention: GTV in red
+def terminology_context_json() -> dict:
+    """The terminology context of :data:`TARGET_TYPES` in 3D Slicer's segment-context format (a
+    ``.term.json``), for Slicer's terminology selector."""
+    def code(c: Code) -> dict:
+        return {"CodingSchemeDesignator": c.scheme, "CodeValue": c.value, "CodeMeaning": c.meaning}
+
+    types = [{**code(t.code), "3dSlicerLabel": name, "recommendedDisplayRGBValue": [round(255 * v) for v in t.color]}
+             for name, t in TARGET_TYPES.items()]
+    return {
+        "SegmentationCategoryTypeContextName": TERMINOLOGY_CONTEXT,
+        "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#",
+        "SegmentationCodes": {"Category": [{**code(TARGET_CATEGORY), "showAnatomy": True, "Type": types}]},
+    }
+
+
+GTV_COLOR = TARGET_TYPES["GTV"].color
+
 
 # Slicer's conversion parameters, as Slicer writes them; {geometry} is filled in per file.
 # Descriptions hold a literal backslash-n: a NRRD header line cannot hold a newline.

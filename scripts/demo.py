@@ -25,7 +25,7 @@ def main() -> int:
     p.add_argument("--case", default="pt_201", help="OpenKBP validation patient when --input is not given")
     p.add_argument("--output", default=str(ROOT / "out"), help="output folder (default out/)")
     p.add_argument("--model", default=None, help="model name or bundle path (default: the default model)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     args = p.parse_args()
 
     if args.input is None:

@@ -143,9 +143,9 @@ def test_seg_nrrd_of_a_real_mask_reads_back_in_slicerio(shared_data, tmp_path):
     assert segment["name"] == "GTV" and segment["labelValue"] == 1 and segment["layer"] == 0
     assert segment["color"] == pytest.approx(GTV_COLOR)
     assert segment["terminology"] == {
-        "contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
+        "contextName": "GTVAutoSeg - Radiotherapy target volumes",
         "category": ["SCT", "49755003", "Morphologically Altered Structure"],
-        "type": ["SCT", "86049000", "Neoplasm, Primary"],
+        "type": ["SCT", "228791009", "GTV"],
         "anatomicContextName": "Anatomic codes - DICOM master list",
         "anatomicRegion": ["SCT", "39607008", "Lung"],
     }
@@ -326,8 +326,8 @@ def test_seg_nrrd_keeps_a_permuted_geometry_and_header_fields(tmp_path):
     assert header["space directions"] == pytest.approx(
         np.array([[0, 0.5, 0], [0, 0, -0.75], [-2.5, 0, 0]]))
     assert header["Segment0_Tags"] == (
-        "Segmentation.Status:inprogress|TerminologyEntry:Segmentation category and type - 3D Slicer General "
-        "Anatomy list~SCT^49755003^Morphologically Altered Structure~SCT^86049000^Neoplasm, Primary~^^"
+        "Segmentation.Status:inprogress|TerminologyEntry:GTVAutoSeg - Radiotherapy target volumes"
+        "~SCT^49755003^Morphologically Altered Structure~SCT^228791009^GTV~^^"
         "~Anatomic codes - DICOM master list~SCT^774007^Head and Neck~^^|"
     )
     assert header["Segment0_Extent"] == "0 7 0 6 0 5"
@@ -455,3 +455,16 @@ def test_without_simpleitk_the_library_imports_and_file_io_says_what_is_missing(
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("SimpleITK is not installed") and done.stdout.count("\n") == 1
+
+
+def test_segments_are_coded_as_the_model_s_radiotherapy_target():
+    from GTVAutoSegLib.segfile import TARGET_TYPES, target_color, target_type
+
+    assert [target_type(t) for t in ("PTV70", "ptv_high", "GTVp", "CTV_56", "ITV")] == ["PTV", "PTV", "GTV", "CTV", "ITV"]
+    ptv = Terminology.for_target("PTV70", "head_and_neck")
+    assert ptv.type == TARGET_TYPES["PTV"].code and str(ptv.type) == "SCT^228793007^PTV"
+    assert ptv.anatomic_region.value == "774007"
+    assert Terminology.for_region(None) == Terminology.for_target("GTV") == Terminology()
+    assert target_color("PTV70") != target_color("GTV") == GTV_COLOR
+    with pytest.raises(GTVError, match="does not name a radiotherapy target volume"):
+        Terminology.for_target("Tumour")

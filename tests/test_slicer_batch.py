@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "GTVAutoSeg" / "batch_segment.py"
+SCRIPT = ROOT / "GTVAutoSeg" / "Resources" / "Scripts" / "batch_segment.py"
 sys.path.insert(0, str(ROOT / "GTVAutoSeg"))
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
@@ -72,7 +72,8 @@ def test_batch_goes_on_after_a_corrupt_case_and_exits_nonzero(foregroundBundle, 
         seg = slicerio.read_segmentation(str(out / f"{name}.seg.nrrd"))
         assert [s["name"] for s in seg["segments"]] == ["GTV"]
         terminology = seg["segments"][0]["terminology"]
-        assert terminology["type"][1] == "86049000"
+        assert terminology["type"][1] == "228791009"  # GTV, DICOM CID 9534
+        assert rows[name]["target"] == "GTV"
         assert terminology["anatomicRegion"][1] == "774007"  # the bundle's head and neck
         ct = phantoms[name]
         voxels = slicerio.segment_mask(seg, seg["segments"][0]["id"])

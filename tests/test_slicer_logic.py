@@ -123,8 +123,9 @@ def test_real_ct_fills_segmentation_node_with_gtv(shared_data, bundles, tmp_path
     assert segment.GetColor() == pytest.approx(GTV_COLOR)
     parts = _terminologyParts(segment.GetTerminology())
     assert len(parts) == 7
+    assert parts[0] == "GTVAutoSeg - Radiotherapy target volumes"
     assert parts[1] == "SCT^49755003^Morphologically Altered Structure"
-    assert parts[2] == "SCT^86049000^Neoplasm, Primary"
+    assert parts[2] == "SCT^228791009^GTV"
     assert parts[5] == "SCT^39607008^Lung"  # the bundle's anatomic region
 
     # Reference geometry: the input volume, so DICOM SEG export and later edits use the CT's grid.
@@ -277,8 +278,11 @@ def test_input_checks_raise_before_anything_starts(tmp_path):
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
     with pytest.raises(GTVAutoSegError, match="not a scalar"):
         logic.process(labelmap)
-    with pytest.raises(GTVAutoSegError, match="device"):
+    with pytest.raises(GTVAutoSegError, match="unknown device 'gpu0'"):
         SegmentationParameters(device="gpu0").check()
+    parameters = SegmentationParameters(device="CUDA:1")
+    parameters.check()
+    assert parameters.device == "cuda:1"
     with pytest.raises(GTVAutoSegError, match="threshold"):
         SegmentationParameters(threshold=1.5).check()
 

@@ -23,7 +23,7 @@ MODULE_FILE = MODULE_DIR / "GTVAutoSeg.py"
 sys.path.insert(0, str(MODULE_DIR))
 
 QT_CLASSES_OK = {"QWidget", "QLabel", "QComboBox", "QCheckBox", "QPushButton", "QProgressBar", "QListWidget",
-                 "QDoubleSpinBox", "QSpinBox", "QTextBrowser", "QGroupBox", "QLineEdit"}
+                 "QDoubleSpinBox", "QSpinBox", "QTextBrowser", "QGroupBox", "QLineEdit", "QPlainTextEdit"}
 
 
 def _uiWidgets(root) -> dict[str, ET.Element]:
@@ -92,7 +92,7 @@ def test_ui_is_well_formed_designer_file(ui):
     # The issue's controls are all there.
     for required in ("inputVolumeSelector", "modelComboBox", "modelCardTextBrowser", "deviceComboBox",
                      "thresholdSliderWidget", "outputSegmentationSelector", "applyButton", "progressBar",
-                     "statusLabel", "show3DCheckBox", "reviewListWidget"):
+                     "statusLabel", "show3DCheckBox", "reviewListWidget", "resegmentButton", "logTextEdit"):
         assert required in names
     assert _property(_uiWidgets(ui)["applyButton"], "text").find("string").text == "Segment GTV"
 
@@ -119,10 +119,11 @@ def test_every_bound_parameter_exists_with_a_matching_type(ui, moduleAst):
             assert annotation in enums or "Choice(" in annotation, f"{name}: a combo box needs an enum or Choice"
         else:
             pytest.fail(f"{name}: no parameterNodeWrapper connector for {cls}")
-    # Every parameter is bound, except the model, whose selector is filled from Models.json in code.
-    assert set(fields) - set(bound) == {"model"}
+    # Every parameter is bound, except the model and the device, whose selectors are filled in code
+    # (from Models.json, and from the devices torch sees).
+    assert set(fields) - set(bound) == {"model", "device"}
     source = MODULE_FILE.read_text(encoding="utf-8")
-    assert "_parameterNode.model" in source
+    assert "_parameterNode.model" in source and "_parameterNode.device" in source
 
 
 def test_widget_refers_only_to_widgets_that_exist(ui):
@@ -169,28 +170,54 @@ def test_cmake_files_describe_the_extension_and_list_existing_files():
     assert "GTVAutoSegLib/*.py" in module and "Resources/Models.json" in module
 
 
+def test_only_the_module_is_installed_at_slicer_s_module_root():
+    """Slicer loads every .py at the top of qt-scripted-modules as a module: only GTVAutoSeg.py may go
+    there (a batch script there logs "class batch_segment was not found" at every start)."""
+    module = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    scripts = re.search(r"set\(MODULE_PYTHON_SCRIPTS\n(.*?)\n  \)", module, re.S).group(1).split()
+    assert [s for s in scripts if "/" not in s] == ["${MODULE_NAME}.py"]
+    assert [p.name for p in MODULE_DIR.glob("*.py")] == ["GTVAutoSeg.py"]
+    # The batch script is a resource; the library goes into its own package folder.
+    assert "Resources/Scripts/batch_segment.py" in module and (MODULE_DIR / "Resources/Scripts/batch_segment.py").is_file()
+    assert "${CMAKE_CURRENT_BINARY_DIR}/${_file}" in module and "RELATIVE ${PROJECT_SOURCE_DIR}" in module
+
+
+def test_slicer_s_build_runs_the_self_test_and_pytest_only_when_asked():
+    testing = (ROOT / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert re.search(r"option\(GTVAutoSeg_ENABLE_PYTEST .* OFF\)", testing)
+    assert testing.index("if(GTVAutoSeg_ENABLE_PYTEST)") < testing.index("add_test(")
+    module = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in module
+
+
 def test_icon_is_a_128_pixel_png():
     data = (MODULE_DIR / "Resources" / "Icons" / "GTVAutoSeg.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     assert struct.unpack(">II", data[16:24]) == (128, 128)
 
 
-def test_terminology_file_loads_in_slicer_terminology_logic():
+def test_every_target_terminology_resolves_in_slicer_terminology_logic(tmp_path):
+    """The segments' terminology entries resolve in Slicer's terminology logic (the selector's
+    backend) once the module has loaded its context: right type, Slicer label and colour."""
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
-    from GTVAutoSegSlicerLib.logic import DEFAULT_TERMINOLOGY
+    from GTVAutoSegLib.segfile import TARGET_TYPES, TERMINOLOGY_CONTEXT
+    from GTVAutoSegSlicerLib.terminology import registerTerminology, segmentTerminology
 
-    path = MODULE_DIR / "Resources" / "Terminology" / "GTVAutoSeg-RadiotherapyTargets.term.json"
-    contextName = json.loads(path.read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"]
     logic = slicer.vtkSlicerTerminologiesModuleLogic()
-    assert logic.LoadTerminologyFromFile(str(path)) == contextName
-    category = slicer.vtkSlicerTerminologyCategory()
-    assert logic.GetNthCategoryInTerminology(contextName, 0, category)
-    assert category.GetCodeValue() == "49755003" and category.GetShowAnatomy()
-    gtv = slicer.vtkSlicerTerminologyType()
-    assert logic.GetNthTypeInTerminologyCategory(contextName, category, 0, gtv)
-    assert (gtv.GetCodeValue(), gtv.GetCodeMeaning(), gtv.GetSlicerLabel()) == ("86049000", "Neoplasm, Primary", "GTV")
-    # The fallback terminology of the logic names the same category and type.
-    assert "SCT^49755003^Morphologically Altered Structure~SCT^86049000^Neoplasm, Primary" in DEFAULT_TERMINOLOGY
+    assert registerTerminology(logic, tmp_path) == TERMINOLOGY_CONTEXT
+    for target, kind in (("GTV", "GTV"), ("PTV70", "PTV"), ("CTV_High", "CTV"), ("ITV", "ITV")):
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(segmentTerminology(target, "head_and_neck"), entry)
+        assert logic.UpdateEntryFromLoadedTerminologies(entry, [TERMINOLOGY_CONTEXT], [])
+        assert entry.GetTerminologyContextName() == TERMINOLOGY_CONTEXT
+        found = entry.GetTypeObject()
+        assert (found.GetCodeValue(), found.GetSlicerLabel()) == (TARGET_TYPES[kind].code.value, kind)
+        assert found.GetRecommendedDisplayRGBValue() == tuple(round(255 * c) for c in TARGET_TYPES[kind].color)
+    # The control: a code this context does not hold finds no Slicer label (so the checks above can fail).
+    unknown = slicer.vtkSlicerTerminologyEntry()
+    logic.DeserializeTerminologyEntry(segmentTerminology("GTV").replace("228791009", "99999999"), unknown)
+    logic.UpdateEntryFromLoadedTerminologies(unknown, [TERMINOLOGY_CONTEXT], [])
+    assert unknown.GetTypeObject().GetSlicerLabel() is None
 
 
 # ------------------------------------------------------------------------------ no dialogs headless
@@ -209,7 +236,7 @@ def test_dependency_install_asks_only_when_interactive(monkeypatch, noMainWindow
 
     monkeypatch.setattr(slicer, "app", _fakeApp(noMainWindow, testing), raising=False)
     installed, asked = [], []
-    state = {"missing": ["monai>=1.4"]}
+    state = {"missing": ["pynrrd>=1.0"]}
     monkeypatch.setattr(dependencies, "missingRequirements", lambda: list(state["missing"]))
 
     def pipInstall(requirements):
@@ -222,7 +249,7 @@ def test_dependency_install_asks_only_when_interactive(monkeypatch, noMainWindow
     dependencies.ensureDependencies(confirm=lambda text: asked.append(text) or True)
 
     assert bool(asked) is interactive  # a headless or testing Slicer is never asked
-    assert installed == [["monai>=1.4"]]
+    assert installed == [["pynrrd>=1.0"]]
 
 
 def test_declined_install_is_an_error_not_a_hang(monkeypatch):
@@ -230,9 +257,9 @@ def test_declined_install_is_an_error_not_a_hang(monkeypatch):
     from GTVAutoSegSlicerLib import GTVAutoSegError, dependencies
 
     monkeypatch.setattr(slicer, "app", _fakeApp(False, False), raising=False)
-    monkeypatch.setattr(dependencies, "missingRequirements", lambda: ["scipy>=1.10"])
+    monkeypatch.setattr(dependencies, "missingRequirements", lambda: ["pynrrd>=1.0"])
     monkeypatch.setattr(slicer.util, "pip_install", lambda r: pytest.fail("must not install after a refusal"))
-    with pytest.raises(GTVAutoSegError, match="scipy"):
+    with pytest.raises(GTVAutoSegError, match="pynrrd"):
         dependencies.ensureDependencies(confirm=lambda text: False)
 
 

@@ -1,5 +1,5 @@
-"""GTV segmentation of a volume node, without Qt: write the CT, run the CLI in a subprocess, read
-the result into a segmentation node.
+"""Target segmentation of a volume node, without Qt: write the CT, run the CLI in a subprocess, read
+the result into a segmentation node; and re-segmenting the slices a reviewer corrected.
 
 Usage from a script (blocks until done)::
 
@@ -10,9 +10,16 @@ Usage from a script (blocks until done)::
 From the widget (returns at once; a timer calls ``poll``)::
 
     run = logic.process(volumeNode, segmentationNode, parameters, waitForCompletion=False,
-                        onProgress=showProgress, onFinished=showResult)
+                        onProgress=showProgress, onFinished=showResult, onLog=appendToLog)
     ...
     logic.cancel()   # ends the whole process tree; the output node is left untouched
+
+After review (the reviewer ticked slices the classifier missed and unticked one it wrongly kept)::
+
+    logic.resegmentSlices(segmentationNode, include=[41, 42], exclude=[57])
+
+runs only the segmenter, on exactly slices 41 and 42, empties slice 57, and leaves every other
+slice (manual edits included) as it was.
 
 The output node is filled only after the subprocess has finished successfully, so a failed or
 cancelled run leaves no half-filled node behind (and creates none).
@@ -21,46 +28,27 @@ cancelled run leaves no half-filled node behind (and creates none).
 from __future__ import annotations
 
 import enum
-import json
+import importlib.util
 import logging
-import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from . import results
 from .errors import GTVAutoSegError
 from .models import libraryFolder
-from .nodes import (
-    ATTRIBUTE_PREFIX,
-    PROBABILITY_TABLE_REFERENCE_ROLE,
-    checkInputVolume,
-    fillProbabilityTable,
-    fillSegmentation,
-    probabilityTableFor,
-    readProbabilityTable,
-    readSegmentationFile,
-    setSurface,
-    sliceCentresRas,
-    writeVolume,
-)
+from .nodes import checkInputVolume, probabilityTableFor, readProbabilityTable, setSurface, writeVolume
 from .process import InferenceProcess, ProcessProtocol, parseProgressLine, pythonExecutable
 from .review import ReviewSlice, reviewSlices
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
-CASE_NAME = "gtv"  # file stem of the CLI's outputs in the run's private folder
-# The GTV terminology when a result file carries none (Slicer's TerminologyEntry format).
-DEFAULT_TERMINOLOGY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list"
-    "~SCT^49755003^Morphologically Altered Structure~SCT^86049000^Neoplasm, Primary~^^"
-    "~Anatomic codes - DICOM master list~^^~^^"
-)
+CASE_NAME = "target"  # file stem of the CLI's outputs in the run's private folder
 
 
 class GTVAutoSegCancelled(GTVAutoSegError):
@@ -80,11 +68,11 @@ class SegmentationParameters:
 
     Args:
         model: a model name from Models.json or a bundle file path; None takes the default model.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (``GTVAutoSegLib.device``).
         threshold: classifier threshold; None takes the model's own.
         reviewMargin: slices within this probability distance of the threshold are listed for review.
         createSurface: make the closed surface for the 3D view.
-        segmentName: name of the segment.
+        segmentName: name of the segment; None names it after the model's target (e.g. "PTV70").
     """
 
     model: str | None = None
@@ -92,11 +80,16 @@ class SegmentationParameters:
     threshold: float | None = None
     reviewMargin: float = 0.1
     createSurface: bool = True
-    segmentName: str = "GTV"
+    segmentName: str | None = None
 
     def check(self) -> None:
-        if self.device not in DEVICES:
-            raise GTVAutoSegError(f"device must be one of {', '.join(DEVICES)}, not '{self.device}'")
+        from GTVAutoSegLib.device import check_device_name
+        from GTVAutoSegLib.errors import GTVError
+
+        try:
+            self.device = check_device_name(self.device)
+        except GTVError as exc:
+            raise GTVAutoSegError(str(exc)) from None
         if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
             raise GTVAutoSegError(f"threshold must lie in [0, 1], not {self.threshold}")
         if not 0.0 <= float(self.reviewMargin) <= 1.0:
@@ -116,6 +109,7 @@ class SegmentationRun:
         report: the CLI's ``_report.json`` (volume, slices, probabilities, timings, model).
         reviewSlices: slices near the threshold, closest first.
         seconds: wall time of the run.
+        included, excluded: (re-segmenting) the slices the segmenter ran on / that were emptied.
     """
 
     status: RunStatus = RunStatus.RUNNING
@@ -129,6 +123,8 @@ class SegmentationRun:
     report: dict = field(default_factory=dict)
     reviewSlices: list[ReviewSlice] = field(default_factory=list)
     seconds: float = 0.0
+    included: list[int] = field(default_factory=list)
+    excluded: list[int] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -136,6 +132,7 @@ class SegmentationRun:
 
 
 RunCallback = Callable[[SegmentationRun], None]
+LogCallback = Callable[[str], None]
 ProcessFactory = Callable[[list[str], dict[str, str]], ProcessProtocol]
 
 
@@ -144,7 +141,12 @@ class SegmentationLogicProtocol(Protocol):
 
     def process(self, inputVolume, outputSegmentation=None, parameters: SegmentationParameters | None = None,
                 waitForCompletion: bool = True, onProgress: RunCallback | None = None,
-                onFinished: RunCallback | None = None) -> SegmentationRun: ...
+                onFinished: RunCallback | None = None, onLog: LogCallback | None = None) -> SegmentationRun: ...
+
+    def resegmentSlices(self, segmentationNode, include: Iterable[int] = (), exclude: Iterable[int] = (),
+                        parameters: SegmentationParameters | None = None, waitForCompletion: bool = True,
+                        onProgress: RunCallback | None = None, onFinished: RunCallback | None = None,
+                        onLog: LogCallback | None = None) -> SegmentationRun: ...
 
     def poll(self) -> bool: ...
 
@@ -167,6 +169,13 @@ class _Active:
     onProgress: RunCallback | None
     onFinished: RunCallback | None
     started: float
+    load: Callable[[SegmentationRun, Path], None]  # reads the CLI's output folder into the scene
+    onLog: LogCallback | None = None
+
+    def log(self, line: str) -> None:
+        logger.info("GTVAutoSeg: %s", line)
+        if self.onLog is not None:
+            self.onLog(line)
 
 
 class SegmentationLogic:
@@ -198,13 +207,16 @@ class SegmentationLogic:
     def isRunning(self) -> bool:
         return self._active is not None
 
-    def commandLine(self, inputPath: Path, outputDir: Path, parameters: SegmentationParameters) -> list[str]:
+    def commandLine(self, inputPath: Path, outputDir: Path, parameters: SegmentationParameters,
+                    onlySlices: Iterable[int] | None = None) -> list[str]:
         args = [self.python, "-m", "GTVAutoSegLib.cli", "segment", str(inputPath), "-o", str(outputDir),
                 "--device", parameters.device, "--progress", "lines", "--name", CASE_NAME]
         if parameters.model:
             args += ["--model", str(parameters.model)]
         if parameters.threshold is not None:
             args += ["--threshold", repr(float(parameters.threshold))]
+        if onlySlices is not None:
+            args += ["--only-slices", ",".join(str(k) for k in sorted(onlySlices))]
         return args
 
     @staticmethod
@@ -222,8 +234,8 @@ class SegmentationLogic:
 
     def process(self, inputVolume, outputSegmentation=None, parameters: SegmentationParameters | None = None,
                 waitForCompletion: bool = True, onProgress: RunCallback | None = None,
-                onFinished: RunCallback | None = None) -> SegmentationRun:
-        """Segment the GTV on ``inputVolume``.
+                onFinished: RunCallback | None = None, onLog: LogCallback | None = None) -> SegmentationRun:
+        """Segment the model's target volume on ``inputVolume``.
 
         Args:
             inputVolume: a ``vtkMRMLScalarVolumeNode`` holding a CT in Hounsfield units.
@@ -233,6 +245,7 @@ class SegmentationLogic:
                 returns at once and the caller calls :meth:`poll` on a timer.
             onProgress: called with the run after each progress line.
             onFinished: called once with the run when it has succeeded, failed or been cancelled.
+            onLog: called with each line for the user's log (command, warnings, timings, outcome).
 
         Returns:
             The run. With ``waitForCompletion`` it has succeeded (failures raise).
@@ -241,23 +254,91 @@ class SegmentationLogic:
             GTVAutoSegError: invalid input, a run already in progress, or (waiting) a failed run.
             GTVAutoSegCancelled: (waiting) the run was cancelled.
         """
-        if self.isRunning():
-            raise GTVAutoSegError("a segmentation is already running; cancel it or wait for it to finish")
+        self._checkIdle()
         parameters = parameters or SegmentationParameters()
         parameters.check()
         checkInputVolume(inputVolume)
+        run = SegmentationRun(inputVolumeNode=inputVolume, message="running")
+
+        def load(run: SegmentationRun, outputDir: Path) -> None:
+            results.loadFullRun(self.scene, run, outputDir / CASE_NAME, outputSegmentation, parameters)
+
+        return self._start(run, inputVolume, parameters, None, load, waitForCompletion, onProgress, onFinished, onLog)
+
+    def resegmentSlices(self, segmentationNode, include: Iterable[int] = (), exclude: Iterable[int] = (),
+                        parameters: SegmentationParameters | None = None, waitForCompletion: bool = True,
+                        onProgress: RunCallback | None = None, onFinished: RunCallback | None = None,
+                        onLog: LogCallback | None = None) -> SegmentationRun:
+        """Apply a reviewer's slice corrections to a segmentation this logic filled.
+
+        The segmenter alone (no classifier) runs on exactly the ``include`` slices, with the model
+        that made the segmentation, and the target's voxels there are replaced by its result; the
+        ``exclude`` slices are emptied without running anything. Every other slice of the segment,
+        manual edits included, and every other segment stay as they are. The probability table
+        records the corrections (``selected`` and ``user`` columns).
+
+        Args:
+            segmentationNode: filled by :meth:`process` (it records its CT, model and segment).
+            include, exclude: K slice indices of the CT.
+            parameters: ``device`` and ``reviewMargin`` are used; the model is the one recorded on the node.
+            waitForCompletion, onProgress, onFinished, onLog: as for :meth:`process`.
+
+        Raises:
+            GTVAutoSegError: the node was not filled by this logic, its CT or segment is gone, a
+                slice is out of range or in both lists, or (waiting) the run failed.
+        """
+        self._checkIdle()
+        parameters = parameters or SegmentationParameters()
+        parameters.check()
+        target = results.ResultNodes.of(self.scene, segmentationNode)
+        include, exclude = target.checkSlices(include, exclude)
+        run = SegmentationRun(inputVolumeNode=target.volume, message="running", included=include, excluded=exclude)
+        modelParameters = SegmentationParameters(model=target.modelSource, device=parameters.device,
+                                                 reviewMargin=parameters.reviewMargin)
+
+        def load(run: SegmentationRun, outputDir: Path | None) -> None:
+            results.loadResegmentation(run, target, outputDir / CASE_NAME if outputDir else None, modelParameters)
+
+        if include:
+            return self._start(run, target.volume, modelParameters, include, load, waitForCompletion, onProgress,
+                               onFinished, onLog)
+        # Emptying slices needs no network: done at once, reported like a run.
+        started = time.monotonic()
+        try:
+            load(run, None)
+            run.status, run.percent = RunStatus.SUCCEEDED, 100.0
+        except Exception as exc:
+            self._fail(run, exc)
+        run.seconds = time.monotonic() - started
+        if onLog is not None:
+            onLog(run.message)
+        if onFinished is not None:
+            onFinished(run)
+        if run.status == RunStatus.FAILED and waitForCompletion:
+            raise GTVAutoSegError(run.message)
+        return run
+
+    def _checkIdle(self) -> None:
+        if self.isRunning():
+            raise GTVAutoSegError("a segmentation is already running; cancel it or wait for it to finish")
+
+    def _start(self, run: SegmentationRun, volume, parameters: SegmentationParameters, onlySlices, load,
+               waitForCompletion: bool, onProgress, onFinished, onLog) -> SegmentationRun:
         workDir = Path(tempfile.mkdtemp(prefix="GTVAutoSeg-"))
         try:
-            inputPath = writeVolume(inputVolume, workDir / "input.nrrd")
-            args = self.commandLine(inputPath, workDir / "output", parameters)
-            logger.info("GTVAutoSeg: %s", " ".join(args))
+            inputPath = writeVolume(volume, workDir / "input.nrrd")
+            args = self.commandLine(inputPath, workDir / "output", parameters, onlySlices)
             process = self.processFactory(args, self.childEnvironment())
+        except OSError as exc:  # the interpreter is missing or cannot be started
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise GTVAutoSegError(f"could not start the inference process {args[0]}: {exc.strerror or exc}") from None
         except BaseException:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        run = SegmentationRun(pid=process.pid, inputVolumeNode=inputVolume, message="running")
-        self._active = _Active(run, process, workDir, outputSegmentation, parameters, onProgress, onFinished,
-                               time.monotonic())
+        run.pid = process.pid
+        self._active = _Active(run, process, workDir, None, parameters, onProgress, onFinished,
+                               time.monotonic(), load, onLog)
+        self._active.log(" ".join(args))
         if not waitForCompletion:
             return run
         try:
@@ -297,7 +378,12 @@ class SegmentationLogic:
                 active.run.message = f"{progress.stage} ({progress.percent:.0f}%)"
                 progressed = True
             elif line.strip():
-                (logger.warning if stream == "stderr" else logger.info)("GTVAutoSeg: %s", line)
+                if stream == "stderr":
+                    logger.warning("GTVAutoSeg: %s", line)
+                    if active.onLog is not None:
+                        active.onLog(line)
+                else:
+                    active.log(line)
         active.run.seconds = time.monotonic() - active.started
         if progressed and active.onProgress is not None:
             active.onProgress(active.run)
@@ -312,27 +398,38 @@ class SegmentationLogic:
         finally:
             active.run.status = RunStatus.CANCELLED
             active.run.message = "cancelled"
+            active.log("cancelled")
             self._cleanUp(active)
 
     def _finish(self, active: _Active, code: int) -> None:
         run = active.run
         try:
             if code == 0:
-                self._loadResult(active)
-                run.status = RunStatus.SUCCEEDED
-                run.percent = 100.0
-                run.message = self._summary(run)
+                active.load(run, active.workDir / "output")
+                run.status, run.percent = RunStatus.SUCCEEDED, 100.0
+                timings = results.formatTimings(run.report)
+                if timings:
+                    active.log(timings)
             elif code == 130:
                 run.status = RunStatus.CANCELLED
                 run.message = "cancelled"
             else:
                 run.status = RunStatus.FAILED
                 run.message = self._errorMessage(active.process.stderrTail(), code)
-        except GTVAutoSegError as exc:
-            run.status = RunStatus.FAILED
-            run.message = str(exc)
+        except Exception as exc:  # even a bug must end the run and reach the user, not repeat on a timer
+            self._fail(run, exc)
         finally:
+            active.log(run.message)
             self._cleanUp(active)
+
+    @staticmethod
+    def _fail(run: SegmentationRun, exc: Exception) -> None:
+        run.status = RunStatus.FAILED
+        if isinstance(exc, GTVAutoSegError):
+            run.message = str(exc)
+        else:
+            logger.exception("GTVAutoSeg: reading the result failed")
+            run.message = f"reading the result failed ({type(exc).__name__}: {exc})"
 
     def _cleanUp(self, active: _Active) -> None:
         active.run.seconds = time.monotonic() - active.started
@@ -353,56 +450,6 @@ class SegmentationLogic:
             return f"the inference failed (exit status {code}): {lines[-1].strip()}"
         return f"the inference failed (exit status {code})"
 
-    @staticmethod
-    def _summary(run: SegmentationRun) -> str:
-        r = run.report
-        return (f"GTV {r.get('volume_cc', 0.0):.1f} cc on {r.get('slices_segmented', 0)}/{r.get('slices_total', 0)} "
-                f"slices in {run.seconds:.1f} s; {len(run.reviewSlices)} slice(s) to review")
-
-    # ------------------------------------------------------------------------------ results
-
-    def _loadResult(self, active: _Active) -> None:
-        """Read the CLI's outputs, check them, and only then create/fill the nodes."""
-        outputDir = active.workDir / "output"
-        volume = active.run.inputVolumeNode
-        if volume.GetScene() is not self.scene:
-            raise GTVAutoSegError("the input volume was removed from the scene during the segmentation")
-        try:
-            report = json.loads((outputDir / f"{CASE_NAME}_report.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise GTVAutoSegError(f"the inference wrote no readable report ({exc})") from None
-        segmentation = readSegmentationFile(outputDir / f"{CASE_NAME}.seg.nrrd")
-        # null: the classifier did not run (segmenter alone)
-        probabilities = [math.nan if p is None else float(p) for p in report.get("slice_probabilities", [])]
-        threshold = float(report.get("threshold", 0.5))
-        nk = volume.GetImageData().GetDimensions()[2]
-        if len(probabilities) != nk:
-            raise GTVAutoSegError(f"the inference reported {len(probabilities)} slice probabilities for "
-                                  f"{nk} slices (is the CT acquired axially?)")
-
-        outputNode = active.outputNode
-        if outputNode is None or outputNode.GetScene() is not self.scene:
-            outputNode = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} GTV")
-        params = active.parameters
-        fillSegmentation(outputNode, segmentation, volume, params.segmentName,
-                         defaultTerminology=DEFAULT_TERMINOLOGY, createSurface=params.createSurface)
-        model = report.get("model", {})
-        for key, value in (("model", f"{model.get('name', '')}@{model.get('version', '')}"),
-                           ("threshold", repr(threshold)), ("inputVolumeID", volume.GetID()),
-                           ("volumeCc", repr(float(report.get("volume_cc", 0.0))))):
-            outputNode.SetAttribute(ATTRIBUTE_PREFIX + key, value)
-
-        tableNode = probabilityTableFor(outputNode)
-        if tableNode is None:
-            tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{outputNode.GetName()} slice probabilities")
-            outputNode.SetNodeReferenceID(PROBABILITY_TABLE_REFERENCE_ROLE, tableNode.GetID())
-        fillProbabilityTable(tableNode, probabilities, threshold, volume)
-
-        active.run.segmentationNode = outputNode
-        active.run.tableNode = tableNode
-        active.run.report = report
-        active.run.reviewSlices = reviewSlices(probabilities, sliceCentresRas(volume), threshold, params.reviewMargin)
-
     # ------------------------------------------------------------------------------ after a run
 
     def setSurfaceVisible(self, segmentationNode, visible: bool) -> None:
@@ -415,5 +462,14 @@ class SegmentationLogic:
         tableNode = probabilityTableFor(segmentationNode) if segmentationNode is not None else None
         if tableNode is None:
             return []
-        probabilities, centres, threshold = readProbabilityTable(tableNode)
-        return reviewSlices(probabilities, centres, threshold, margin)
+        table = readProbabilityTable(tableNode)
+        return reviewSlices(table.probabilities, table.centres, table.threshold, margin, table.selected, table.user)
+
+    @staticmethod
+    def deviceChoices() -> list[tuple[str, str]]:
+        """``(name, label)`` of the devices to offer: what torch sees, or auto and CPU before torch is installed."""
+        if importlib.util.find_spec("torch") is None:
+            return [("auto", "Auto"), ("cpu", "CPU")]
+        from GTVAutoSegLib.device import available_devices
+
+        return available_devices()

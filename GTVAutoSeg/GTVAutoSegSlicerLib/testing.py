@@ -1,5 +1,9 @@
 """Helpers for the module's tests (pytest with slicer-core, and the self-test inside Slicer).
 
+:func:`runSelfTest` is the body of the module's self-test (``GTVAutoSegTest`` in Slicer's Reload and
+Test, and ctest); the pytest suite runs the very same function against slicer-core, so it cannot
+rot unnoticed.
+
 Model bundles here use the real networks with weights set so the output is known in advance: an
 untrained network's output is arbitrary, so a test could not say which voxels must come out.
 
@@ -23,13 +27,15 @@ from vtk.util.numpy_support import vtk_to_numpy
 
 import slicer
 
+from .nodes import segmentArray  # noqa: F401  (the tests read segments through the module's own code)
+
 FOREGROUND_SLICE_PROBABILITY = float(1.0 / (1.0 + np.exp(-2.0)))
 KINDS = ("foreground", "background", "untrained")
 
 
 def makeBundle(path: str | Path, kind: str = "foreground", size: int = 64, threshold: float = 0.5,
-               anatomicRegion: str = "lung", seed: int = 0) -> Path:
-    """Write a small model bundle (preprocess size ``size``) and return its path."""
+               anatomicRegion: str = "lung", seed: int = 0, target: str = "GTV") -> Path:
+    """Write a small model bundle (preprocess size ``size``, segmenting ``target``) and return its path."""
     import torch
 
     from GTVAutoSegLib.bundle import ModelBundle, save_bundle
@@ -51,7 +57,8 @@ def makeBundle(path: str | Path, kind: str = "foreground", size: int = 64, thres
     bundle = ModelBundle.from_networks(
         classifier, segmenter, name=f"test-{kind}", version="0.0.1", classifier=classifierConfig,
         segmenter=segmenterConfig, preprocess=PreprocessSpec(size=size), threshold=threshold,
-        anatomic_region=anatomicRegion, provenance={"note": f"test bundle ({kind}), not a trained model"},
+        anatomic_region=anatomicRegion, target=target,
+        provenance={"note": f"test bundle ({kind}), not a trained model"},
     )
     path = Path(path)
     save_bundle(bundle, path, half=True)
@@ -75,26 +82,6 @@ def imageArray(image) -> np.ndarray:
 
 def volumeArray(volumeNode) -> np.ndarray:
     return imageArray(volumeNode.GetImageData())
-
-
-def segmentArray(segmentationNode, segmentId: str, volumeNode) -> np.ndarray:
-    """A segment's voxels on ``volumeNode``'s grid, ``(k, j, i)`` uint8 0/1."""
-    labelmap = slicer.vtkOrientedImageData()
-    if not segmentationNode.GetBinaryLabelmapRepresentation(segmentId, labelmap):
-        raise ValueError(f"segment {segmentId} has no binary labelmap")
-    reference = slicer.vtkOrientedImageData()
-    reference.SetExtent(volumeNode.GetImageData().GetExtent())
-    ijkToRas = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(ijkToRas)
-    reference.SetImageToWorldMatrix(ijkToRas)
-    reference.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    resampled = slicer.vtkOrientedImageData()
-    if labelmap.IsEmpty():
-        return np.zeros(volumeNode.GetImageData().GetDimensions()[::-1], np.uint8)
-    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, reference, resampled)
-    values = imageArray(resampled)
-    label = segmentationNode.GetSegmentation().GetSegment(segmentId).GetLabelValue()
-    return (values == label).astype(np.uint8)
 
 
 def ijkToRasArray(volumeNode) -> np.ndarray:
@@ -123,3 +110,90 @@ def saveAndReload(segmentationNode, path: str | Path):
     if not reader.ReadData(reloaded):
         raise RuntimeError(f"could not read {path} back")
     return scene, reloaded, keep
+
+
+# ------------------------------------------------------------------------------ the module's self-test
+
+
+class SelfTestFailure(AssertionError):
+    """A check of :func:`runSelfTest` failed."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise SelfTestFailure(message)
+
+
+def runSelfTest(scene, workDir: str | Path, log=print, python: str | None = None) -> dict:
+    """Segment a phantom CT through the module logic, then correct its slice decision, and check
+    every step against what the test bundle must give.
+
+    Args:
+        scene: the MRML scene to work in (``slicer.mrmlScene`` in Slicer, a fresh one under pytest).
+        workDir: an empty folder for the phantom and the bundle.
+        log: shows each step (Slicer's ``delayDisplay`` in the self-test).
+        python: interpreter for the inference process (default: the logic's own choice).
+
+    Returns:
+        The nodes and arrays it made, for further checks.
+
+    Raises:
+        SelfTestFailure: a check failed (the message says which).
+    """
+    import SimpleITK as sitk
+
+    from GTVAutoSegLib.phantom import make_phantom
+
+    from .logic import RunStatus, SegmentationLogic, SegmentationParameters
+    from .nodes import loadVolume, probabilityTableFor, readProbabilityTable
+    from .review import USER_EXCLUDED, USER_INCLUDED, sliceChanges
+
+    workDir = Path(workDir)
+    ct, _mask = make_phantom(shape=(6, 64, 64), spacing=(2.0, 2.0, 3.0), seed=0, tumour_slices=3)
+    ctPath = workDir / "phantom.nrrd"
+    sitk.WriteImage(ct.to_sitk(), str(ctPath))
+    volume = loadVolume(scene, ctPath, "phantom")
+    bundle = str(makeBundle(workDir / "selftest.pt", "foreground", target="PTV70", anatomicRegion="lung"))
+    logic = SegmentationLogic(scene, python=python)
+    lines: list[str] = []
+
+    log("Segmenting a phantom CT (every slice passes the classifier)")
+    full = logic.process(volume, parameters=SegmentationParameters(model=bundle, device="cpu"), onLog=lines.append)
+    _check(full.status == RunStatus.SUCCEEDED, f"the run did not succeed: {full.message}")
+    segmentation = full.segmentationNode.GetSegmentation()
+    _check(segmentation.GetNumberOfSegments() == 1, "the result should hold one segment")
+    segmentId = segmentation.GetNthSegmentID(0)
+    _check(segmentation.GetSegment(segmentId).GetName() == "PTV70", "the segment is named after the model's target")
+    _check(full.tableNode.GetNumberOfRows() == 6, "one probability row per slice")
+    _check(full.report["volume_cc"] > 0.0, "the target has a volume")
+    _check(any(line.startswith("timings:") for line in lines), "the log shows the timings")
+    reference = segmentArray(full.segmentationNode, segmentId, volume)
+    _check(reference[[1, 3]].any(), "the phantom's slices 1 and 3 are segmented")
+
+    log("Segmenting again with a threshold no slice passes: an empty target")
+    strict = logic.process(volume, parameters=SegmentationParameters(model=bundle, device="cpu", threshold=0.95))
+    node = strict.segmentationNode
+    _check(node is not full.segmentationNode, "a second run without an output node makes a new node")
+    strictId = node.GetSegmentation().GetNthSegmentID(0)
+    _check(segmentArray(node, strictId, volume).sum() == 0, "nothing passes a 0.95 threshold")
+
+    log("Ticking slices 1 and 3 and re-segmenting them")
+    ticked = {1: True, 3: True}
+    include, exclude = sliceChanges(logic.reviewList(node, 1.0), ticked)
+    _check((include, exclude) == ([1, 3], []), f"ticking asks for slices 1 and 3, got {include}, {exclude}")
+    fixed = logic.resegmentSlices(node, include, exclude, SegmentationParameters(device="cpu"))
+    voxels = segmentArray(node, strictId, volume)
+    _check(fixed.status == RunStatus.SUCCEEDED, f"re-segmenting did not succeed: {fixed.message}")
+    _check(np.array_equal(voxels[[1, 3]], reference[[1, 3]]), "re-segmented slices equal a full run there")
+    _check(voxels[[0, 2, 4, 5]].sum() == 0, "no other slice changed")
+
+    log("Unticking slice 1: it is emptied without running the networks")
+    emptied = logic.resegmentSlices(node, [], [1])
+    voxels = segmentArray(node, strictId, volume)
+    _check(emptied.status == RunStatus.SUCCEEDED and emptied.pid is None, "emptying starts no process")
+    _check(voxels[1].sum() == 0 and np.array_equal(voxels[3], reference[3]), "only slice 1 was emptied")
+    table = readProbabilityTable(probabilityTableFor(node))
+    _check(table.user[1] == USER_EXCLUDED and table.user[3] == USER_INCLUDED, "the table records the corrections")
+    _check(table.selected[3] and not table.selected[1], "the table records which slices hold the target")
+    log("Self-test passed")
+    return {"volume": volume, "full": full, "corrected": node, "segmentId": strictId, "reference": reference}

@@ -1,16 +1,18 @@
-"""Segment the GTV on many CTs without a GUI, with the same logic the Slicer module uses.
+"""Segment the target volume on many CTs without a GUI, with the same logic the Slicer module uses.
 
-In 3D Slicer::
+It is a module resource, not a module: Slicer loads every ``.py`` at the top of its scripted-modules
+folder as a module, so this lives in ``Resources/Scripts/`` (in the source tree
+``GTVAutoSeg/Resources/Scripts/``; installed, ``qt-scripted-modules/Resources/Scripts/``). In 3D Slicer::
 
-    Slicer --no-main-window --python-script GTVAutoSeg/batch_segment.py \\
-        --input /data/cases --output /data/gtv [--model NAME_OR_PATH] [--device auto|cpu|cuda]
+    Slicer --no-main-window --python-script GTVAutoSeg/Resources/Scripts/batch_segment.py \\
+        --input /data/cases --output /data/gtv [--model NAME_OR_PATH] [--device auto|cpu|cuda:N|mps]
 
 or with plain Python where ``slicer-core`` is installed::
 
-    python GTVAutoSeg/batch_segment.py --input a.nrrd b.nii.gz --output out
+    python GTVAutoSeg/Resources/Scripts/batch_segment.py --input a.nrrd b.nii.gz --output out
 
 Writes ``OUTPUT/<case>.seg.nrrd`` for every case that succeeds and ``OUTPUT/summary.csv`` with one
-row per case (status, GTV volume, slices, time, and the error of a failed case). A failed case is
+row per case (status, target volume, slices, time, and the error of a failed case). A failed case is
 reported and the batch goes on. Exit status: 0 all cases segmented, 1 some case failed, 2 usage
 error, 3 an unexpected error. No dialog is ever opened.
 """
@@ -27,15 +29,17 @@ import time
 import traceback
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-if importlib.util.find_spec("GTVAutoSegLib") is None and (HERE.parent / "GTVAutoSegLib").is_dir():
-    sys.path.insert(0, str(HERE.parent))  # a source checkout run inside Slicer
+# <module folder>/Resources/Scripts/batch_segment.py: the module folder holds GTVAutoSegSlicerLib (and,
+# installed, GTVAutoSegLib); a source checkout has GTVAutoSegLib one folder higher.
+MODULE_DIR = Path(__file__).resolve().parents[2]
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
+if importlib.util.find_spec("GTVAutoSegLib") is None and (MODULE_DIR.parent / "GTVAutoSegLib").is_dir():
+    sys.path.insert(0, str(MODULE_DIR.parent))
 
 CT_SUFFIXES = (".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
-SUMMARY_FIELDS = ("case", "input", "status", "segmentation", "volume_cc", "slices_segmented", "slices_total",
-                  "review_slices", "seconds", "error")
+SUMMARY_FIELDS = ("case", "input", "status", "segmentation", "target", "volume_cc", "slices_segmented",
+                  "slices_total", "review_slices", "seconds", "error")
 EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_CRASHED = 0, 1, 2, 3
 
 
@@ -100,7 +104,8 @@ def segmentCase(path: Path, name: str, outputDir: Path, parameters) -> dict:
             raise GTVAutoSegError(f"could not write {target}")
         os.replace(tmp, target)
         report = run.report
-        return {"segmentation": target.name, "volume_cc": report.get("volume_cc", ""),
+        return {"segmentation": target.name, "target": report.get("model", {}).get("target", ""),
+                "volume_cc": report.get("volume_cc", ""),
                 "slices_segmented": report.get("slices_segmented", ""), "slices_total": report.get("slices_total", ""),
                 "review_slices": " ".join(str(r.sliceIndex) for r in run.reviewSlices)}
     finally:
@@ -112,11 +117,21 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", required=True, help="CT files and/or folders")
     p.add_argument("--output", required=True, help="output folder (created if missing)")
     p.add_argument("--model", default=None, help="model name from Models.json or a bundle path (default: the default model)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", type=_deviceName, help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--threshold", type=float, default=None, help="classifier threshold (default: the model's)")
     p.add_argument("--review-margin", type=float, default=0.1, help="list slices this close to the threshold")
     p.add_argument("--surface", action="store_true", help="also store the closed surface in each .seg.nrrd")
     return p
+
+
+def _deviceName(text: str) -> str:
+    from GTVAutoSegLib.device import check_device_name
+    from GTVAutoSegLib.errors import GTVError
+
+    try:
+        return check_device_name(text)
+    except GTVError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             row.update(segmentCase(path, name, outputDir, parameters))
             row["status"] = "ok"
-            line = f"ok, GTV {float(row['volume_cc']):.1f} cc on {row['slices_segmented']}/{row['slices_total']} slices"
+            line = (f"ok, {row['target']} {float(row['volume_cc']):.1f} cc on {row['slices_segmented']}/"
+                    f"{row['slices_total']} slices")
         except Exception as exc:  # one bad case must not stop the batch
             failed += 1
             message = " ".join(str(exc).split()) or type(exc).__name__
