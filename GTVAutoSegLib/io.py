@@ -16,15 +16,15 @@ from typing import Iterator
 
 import numpy as np
 
+from . import dicomseries
 from .errors import GTVError
 from .image import Image, sitk
+from .inputcheck import check_geometry, check_input_path, check_nifti, is_nifti
+from .native import quiet_stderr
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_INPUTS = "NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr), MHA/MHD or a DICOM series folder"
-
-# DICOM objects that sit beside a CT series but are not image volumes to segment.
-_NON_VOLUME_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG", "DOC"}
 
 # Below this the whole volume is air: no patient to segment.
 AIR_HU = -900.0
@@ -42,21 +42,23 @@ def read_image(path: str | Path) -> Image:
         path: NIfTI, NRRD, MHA/MHD file, a DICOM series folder, or one file of a DICOM series.
 
     Returns:
-        The volume with its geometry; ``array`` is ``(z, y, x)``.
+        The volume with its geometry; ``array`` is ``(z, y, x)``. Read from DICOM, it carries the
+        series' identifiers in ``source``.
 
     Raises:
-        GTVError: missing path, not an image, no DICOM image series, not 3D, vector pixels,
+        GTVError: missing or unreadable path (a FIFO, a device, no permission), not an image, a
+            damaged file (truncated, corrupt compressed data), no DICOM CT series or one that is not
+            an even stack of parallel slices, not 3D, vector pixels, a sheared direction matrix,
             NaN or infinite voxels.
     """
     path = Path(path)
-    if not path.exists():
-        raise GTVError(f"input not found: {path}")
+    check_input_path(path)
     if path.is_dir():
-        img = _read_dicom_folder(path)
+        image = dicomseries.read_series(path)
+    elif dicomseries.is_dicom_file(path):
+        image = _read_dicom_file(path)
     else:
-        img = _read_file(path)
-    _check_scalar_3d(img, path)
-    image = Image.from_sitk(img)
+        image = _read_file(path)
     if np.issubdtype(image.array.dtype, np.floating) and not np.isfinite(image.array).all():
         n_nan = int(np.isnan(image.array).sum())
         n_inf = int(np.isinf(image.array).sum())
@@ -154,76 +156,47 @@ def resample_to(image: Image, reference: Image, nearest: bool, default: float = 
     return reference.with_array(out.array)
 
 
-def _read_file(path: Path) -> sitk.Image:
+def _read_file(path: Path) -> Image:
+    if is_nifti(path):
+        check_nifti(path)  # before ITK, which zero-fills a cut-off file and turns NaN into 0
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with quiet_stderr("ITK"):
+            reader.ReadImageInformation()
     except RuntimeError as e:
         logger.debug("SimpleITK could not read %s: %s", path, e)
         raise GTVError(f"{path.name} is not a readable image (supported: {SUPPORTED_INPUTS})") from None
     if reader.GetImageIOFromFileName(str(path)) == "GDCMImageIO":
-        modality = _modality(reader)
-        if modality in _NON_VOLUME_MODALITIES:
-            raise GTVError(f"{path.name} is a DICOM {modality} object, not an image volume")
-        # One slice of a series was picked: read the whole series it belongs to.
-        folder = path.resolve().parent
-        series = [files for _, files in _dicom_series(folder) if str(folder / path.name) in files]
-        if series:
-            return _read_series(series[0], folder)
+        return _read_dicom_file(path)  # a DICOM file without the standard preamble
     _check_dimension(reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), path)
+    check_geometry(path.name, reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
     try:
-        return reader.Execute()
+        with quiet_stderr("ITK"):
+            img = reader.Execute()
     except RuntimeError as e:
         logger.debug("SimpleITK could not read %s: %s", path, e)
-        raise GTVError(f"{path.name} could not be read (truncated or corrupt file?)") from None
+        detached = path.suffix.lower() in (".mhd", ".nhdr")
+        what = "its data file is missing, truncated or corrupt" if detached else "truncated or corrupt file?"
+        raise GTVError(f"{path.name} could not be read ({what})") from None
+    _check_dimension(img.GetDimension(), img.GetSize(), img.GetNumberOfComponentsPerPixel(), path)
+    return Image.from_sitk(img)
 
 
-def _dicom_series(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
-    """``(series UID, sorted file names)`` of each DICOM image series in ``folder`` (not SEG, RTSTRUCT...)."""
-    found = []
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
-        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
-        if files and _is_image_volume(files[0]):
-            found.append((uid, files))
-    return found
+def _read_dicom_file(path: Path) -> Image:
+    """One file of a DICOM series was picked: read the whole series it belongs to."""
+    import pydicom
 
-
-def _is_image_volume(dicom_file: str) -> bool:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(dicom_file)
+    modality = dicomseries.modality_of(path)
+    if modality in dicomseries.NON_VOLUME_MODALITIES:
+        raise GTVError(f"{path.name} is a DICOM {modality} object, not an image volume")
+    if modality != "CT":
+        raise GTVError(f"{path.name} is a DICOM {modality or 'image without a modality'}; a CT series is needed")
     try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return False  # no pixel data (RTSTRUCT, SR...)
-    return _modality(reader) not in _NON_VOLUME_MODALITIES
-
-
-def _modality(reader: sitk.ImageFileReader) -> str:
-    return reader.GetMetaData("0008|0060").strip().upper() if reader.HasMetaDataKey("0008|0060") else ""
-
-
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    series = _dicom_series(folder)
-    if not series:
-        raise GTVError(f"no DICOM image series found in folder {folder}")
-    uid, files = max(series, key=lambda s: len(s[1]))
-    if len(series) > 1:
-        logger.warning(
-            "%s holds %d DICOM image series; reading the one with most files (%s, %d files)",
-            folder, len(series), uid or "no series UID", len(files),
-        )
-    return _read_series(files, folder)
-
-
-def _read_series(files: tuple[str, ...], folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(files))
-    try:
-        return reader.Execute()
-    except RuntimeError as e:
-        logger.debug("SimpleITK could not read the series in %s: %s", folder, e)
-        raise GTVError(f"the DICOM series in {folder} could not be read as one volume ({len(files)} files)") from None
+        uid = str(pydicom.dcmread(str(path), stop_before_pixels=True).get("SeriesInstanceUID", "")) or "no series UID"
+    except Exception:  # read once already by modality_of; a race with a changing file
+        raise GTVError(f"{path.name} is a damaged DICOM file") from None
+    return dicomseries.read_series(path.resolve().parent, series_uid=uid)
 
 
 def _check_dimension(dim: int, size, components: int, path: Path) -> None:
@@ -232,10 +205,6 @@ def _check_dimension(dim: int, size, components: int, path: Path) -> None:
         raise GTVError(f"{path.name} is a {dim}D image (size {size_str}); a 3D volume is needed")
     if components != 1:
         raise GTVError(f"{path.name} has {components} values per voxel (colour or vector image); a scalar 3D volume is needed")
-
-
-def _check_scalar_3d(img: sitk.Image, path: Path) -> None:
-    _check_dimension(img.GetDimension(), img.GetSize(), img.GetNumberOfComponentsPerPixel(), path)
 
 
 def _size_str(image: Image) -> str:
