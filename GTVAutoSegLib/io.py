@@ -7,12 +7,9 @@ file beside the target and renamed onto it, so a crash never leaves a half-writt
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import secrets
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -21,6 +18,7 @@ from .errors import GTVError
 from .image import Image, sitk
 from .inputcheck import check_geometry, check_input_path, check_nifti, is_nifti
 from .native import quiet_stderr
+from .outputs import atomic_output  # noqa: F401  (re-exported: io.atomic_output is the writers' entry)
 
 logger = logging.getLogger(__name__)
 
@@ -214,46 +212,8 @@ def _size_str(image: Image) -> str:
 # --------------------------------------------------------------------------------------------- writing
 
 
-_COMPOUND_SUFFIXES = (".seg.nrrd", ".nii.gz")
 # Formats that SimpleITK writes as one file; detached headers (.mhd, .nhdr) could not be renamed atomically.
 _LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in _COMPOUND_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return path.name[-len(suffix):]
-    return path.suffix
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
-
-    The temporary name keeps the suffix (``.case.tmp-1a2b3c4d.seg.nrrd``) so writers choose the format
-    by it. On any exception the temporary file is removed and ``path`` is left as it was.
-
-    Raises:
-        GTVError: the output folder does not exist.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise GTVError(f"output folder does not exist: {path.parent}")
-    suffix = _suffix(path)
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    while True:
-        tmp = path.parent / f".{stem}.tmp-{secrets.token_hex(4)}{suffix}"
-        if not tmp.exists():
-            break
-    try:
-        yield tmp
-        if not tmp.is_file():
-            raise RuntimeError(f"nothing was written to {tmp}")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_labelmap(mask: Image, path: str | Path) -> None:
@@ -268,7 +228,22 @@ def write_labelmap(mask: Image, path: str | Path) -> None:
         raise GTVError(f"cannot write a label map as {path.name}; use one of {', '.join(_LABELMAP_SUFFIXES)}")
     img = mask.with_array((mask.array != 0).astype(np.uint8)).to_sitk()
     with atomic_output(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+        with quiet_stderr("ITK"):
+            sitk.WriteImage(img, str(tmp), useCompression=True)
+        _check_written_grid(tmp, mask, path)
+
+
+def _check_written_grid(tmp: Path, mask: Image, path: Path) -> None:
+    """The file must hold exactly the mask's grid: a format that cannot store it would otherwise
+    move the result (ITK's NIfTI writer orthogonalises a direction matrix without a word)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp))
+    with quiet_stderr("ITK"):
+        reader.ReadImageInformation()
+    written = Image(mask.array, tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
+    if tuple(reader.GetSize()) != tuple(mask.array.shape[::-1]) or not written.same_grid(mask):
+        raise GTVError(f"{path.name} cannot hold this image's grid exactly (origin {mask.origin}, direction "
+                       f"{tuple(round(v, 4) for v in mask.direction)}); refusing to write a shifted result")
 
 
 # The Slicer segmentation format lives in segfile.py; these names stay reachable as io.X.

@@ -397,10 +397,37 @@ def test_atomic_output_keeps_the_suffix_and_renames(tmp_path):
             pass
 
 
+def test_atomic_output_of_a_240_character_name_keeps_its_temporary_name_short(tmp_path):
+    target = tmp_path / ("c" * 240 + "_label.nii.gz")  # 253 bytes: fits, but name + ".tmp-..." would not
+    with atomic_output(target) as tmp:
+        assert len(tmp.name.encode()) <= 255
+        tmp.write_bytes(b"x")
+    assert target.read_bytes() == b"x"
+    with pytest.raises(GTVError, match="longer than the file system"):
+        with atomic_output(tmp_path / ("c" * 250 + "_label.nii.gz")):
+            pass
+
+
+def test_atomic_output_onto_a_folder_is_one_line(tmp_path):
+    (tmp_path / "taken.csv").mkdir()
+    with pytest.raises(GTVError, match="it is a folder"):
+        with atomic_output(tmp_path / "taken.csv") as tmp:
+            tmp.write_text("x")
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.csv"]
+
+
+def test_sheared_grid_is_never_written_off_grid(tmp_path):
+    sheared = Image(np.zeros((3, 4, 5), np.uint8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                    (1.0, 0.3, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    with pytest.raises(GTVError, match="cannot hold this image's grid exactly"):
+        write_labelmap(sheared, tmp_path / "x_label.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
 def _half_write_then_fail(file, *args, **kwargs):
     """Stands in for ``nrrd.write(file, data, header, ...)``: a few bytes, then the disk fills up."""
     Path(str(file)).write_bytes(b"NRRD0005\npartial")
-    raise OSError("disk full")
+    raise OSError(28, "No space left on device")
 
 
 def _sitk_half_write_then_fail(image, file, *args, **kwargs):
@@ -413,11 +440,11 @@ def test_failing_writer_leaves_nothing_behind(tmp_path, monkeypatch, writer):
     target = tmp_path / ("out.seg.nrrd" if writer == "seg" else "out.nii.gz")
     if writer == "seg":
         monkeypatch.setattr(nrrd, "write", _half_write_then_fail)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(GTVError, match="disk or quota is full"):  # one line, not a traceback
             write_seg_nrrd(synthetic_mask(), target)
     else:
         monkeypatch.setattr(sitk, "WriteImage", _sitk_half_write_then_fail)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(GTVError, match="disk or quota is full"):
             write_labelmap(synthetic_mask(), target)
     assert list(tmp_path.iterdir()) == []
 
@@ -427,7 +454,7 @@ def test_failing_writer_keeps_the_previous_output(tmp_path, monkeypatch):
     write_seg_nrrd(synthetic_mask(), target)
     before = target.read_bytes()
     monkeypatch.setattr(nrrd, "write", _half_write_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(GTVError):
         write_seg_nrrd(synthetic_mask().with_array(np.zeros((6, 7, 8), np.uint8)), target)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.seg.nrrd"]
 
