@@ -34,11 +34,19 @@ class Code:
         return cls(*parts[:3]) if any(parts[:3]) else None
 
 
-# Anatomic regions a GTV segment may be tagged with (DICOM anatomic codes, SNOMED CT).
+# Anatomic regions a GTV segment may be tagged with (DICOM anatomic codes, SNOMED CT): the one
+# enumeration; bundles, build_bundle's --anatomic-region and the terminology all check against it.
 ANATOMIC_REGIONS: dict[str, Code] = {
     "head_and_neck": Code("SCT", "774007", "Head and Neck"),
     "lung": Code("SCT", "39607008", "Lung"),
 }
+
+
+def check_anatomic_region(region: str) -> str:
+    """``region`` if it is a key of :data:`ANATOMIC_REGIONS`, else a one-line GTVError listing them."""
+    if region not in ANATOMIC_REGIONS:
+        raise GTVError(f"unknown anatomic region {region!r}; known: {', '.join(ANATOMIC_REGIONS)}")
+    return region
 
 
 @dataclass(frozen=True)
@@ -58,9 +66,7 @@ class Terminology:
         """The GTV terminology, tagged with one of :data:`ANATOMIC_REGIONS` (or no region)."""
         if region is None:
             return cls()
-        if region not in ANATOMIC_REGIONS:
-            raise GTVError(f"unknown anatomic region {region!r}; known: {', '.join(ANATOMIC_REGIONS)}")
-        return cls(anatomic_region=ANATOMIC_REGIONS[region])
+        return cls(anatomic_region=ANATOMIC_REGIONS[check_anatomic_region(region)])
 
     def entry_string(self) -> str:
         """Slicer's ``TerminologyEntry`` tag value: seven ``~``-separated parts."""
