@@ -24,6 +24,7 @@ ORTHONORMAL_TOL = 1e-4
 # Largest volume read (voxels): a 512 x 512 x 4096 CT. A header claiming more is a damaged or hostile
 # file, and ITK would try to allocate it before finding out.
 MAX_VOXELS = 512 * 512 * 4096
+_GZIP_TAIL_CHUNKS = 16  # MiB read past the voxels of a .nii.gz to reach its CRC
 
 
 def check_input_path(path: Path, what: str = "input") -> None:
@@ -125,7 +126,12 @@ def _nifti_bytes(path: Path, expected: int) -> bytes:
     if path.name.lower().endswith(".gz"):
         try:
             with gzip.open(path, "rb") as f:
-                data = f.read(expected)  # no more: a small file can inflate to gigabytes
+                data = f.read(expected)  # no more at once: a small file can inflate to gigabytes
+                # Read on to the end so the gzip CRC is checked (a flipped bit inside the stream),
+                # but only so far: trailing data beyond this is not voxels.
+                for _ in range(_GZIP_TAIL_CHUNKS):
+                    if not f.read(1 << 20):
+                        break
         except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
             raise GTVError(f"{path.name} is truncated or corrupt ({_first_line(exc)})") from None
     else:
