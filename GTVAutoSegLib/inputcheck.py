@@ -90,6 +90,7 @@ def check_nifti(path: Path) -> None:
         img = nib.load(str(path))
         header = img.header
         shape = header.get_data_shape()
+        offset = int(img.dataobj.offset)  # the file's vox_offset (the image's header copy says 0)
     except Exception as exc:  # nibabel raises ImageFileError, ValueError, struct.error...
         reason = _first_line(exc).replace(str(path), path.name)
         raise GTVError(f"{path.name} is not a readable image (not a valid NIfTI file: {reason})") from None
@@ -106,13 +107,12 @@ def check_nifti(path: Path) -> None:
                 raise GTVError(f"{path.name} has a sheared sform (columns off orthonormal by {off:.3g}); "
                                "an output could not lie exactly on its grid, so it is refused")
     dtype = header.get_data_dtype()
-    expected = int(header.get_data_offset()) + math.prod(int(s) for s in shape) * dtype.itemsize
+    expected = offset + math.prod(int(s) for s in shape) * dtype.itemsize
     if math.prod(int(s) for s in shape) > MAX_VOXELS:
         raise GTVError(f"{path.name} claims {'x'.join(str(int(s)) for s in shape)} voxels, more than a CT can have; "
                        "the header is damaged")
     data = _nifti_bytes(path, expected)
     if np.issubdtype(dtype, np.floating):
-        offset = int(header.get_data_offset())
         voxels = np.frombuffer(data, dtype=dtype, count=math.prod(int(s) for s in shape), offset=offset)
         finite = np.isfinite(voxels)
         if not finite.all():
