@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ import torch.nn as nn
 
 from .catalog import MODELS_JSON, ModelEntry, list_models  # noqa: F401  (re-exported)
 from .errors import GTVError
+from .inputcheck import check_input_path
 from .models import NetConfig, build_network
 from .preprocessing import PreprocessSpec
+from .segfile import check_anatomic_region
 
 FORMAT = "gtvautoseg-bundle"
 FORMAT_VERSION = 1
@@ -55,6 +58,11 @@ class ModelBundle:
     provenance: dict[str, Any] = field(default_factory=dict)
     classifier_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     segmenter_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # Checked when a bundle is built or loaded, not after a whole inference when the result is written.
+        if self.anatomic_region:
+            check_anatomic_region(self.anatomic_region)
 
     def meta(self) -> dict[str, Any]:
         """The JSON-safe description (everything but the weights)."""
@@ -139,18 +147,25 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBu
             file that is not a GTVAutoSeg bundle.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise GTVError(f"model file not found: {path}")
+    check_input_path(path, "model file")  # a FIFO would block, a folder is no bundle
+    if not path.is_file():
+        raise GTVError(f"model {path} is a folder, not a bundle file")
     if expected_sha256 is not None and sha256_file(path) != expected_sha256.lower():
         raise GTVError(f"model file {path.name} does not match its SHA-256 in Models.json (tampered or "
                        "incomplete download); refusing to load it")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is no bundle
+        raise GTVError(f"{path.name} is not a GTVAutoSeg model bundle (not a torch archive; truncated download?)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / code-bearing files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            reason = "it contains pickled code or objects other than tensors"
-        raise GTVError(f"cannot load model file {path.name}: {reason[:200]}") from None
+        text = str(exc)
+        if "Unsupported global" in text or "Unsupported operand" in text:
+            reason = "it contains pickled code or objects other than tensors, which are never run"
+        else:
+            reason = "truncated or corrupt archive"
+        raise GTVError(f"cannot load model file {path.name}: {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise GTVError(f"{path.name} is not a GTVAutoSeg model bundle")
     if payload.get("format_version") != FORMAT_VERSION:

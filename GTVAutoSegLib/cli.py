@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from .errors import Cancelled, GTVError
+from .outputs import Terminated, terminate_as_interrupt
 
 GENERIC_STEMS = {"ct", "image", "data", "imaging", "volume", "img"}
 IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -64,22 +65,56 @@ class _Progress:
             self.bar.close()
 
 
+def _case_names(args: argparse.Namespace, inputs: list[Path]) -> list[str]:
+    """One output name per input, each a plain file name; two inputs giving one name are refused
+    (the second would overwrite the first's outputs), also when they differ only in case."""
+    from .outputs import check_case_name
+
+    names = [check_case_name(args.name if args.name is not None else case_name(p)) for p in inputs]
+    seen: dict[str, Path] = {}
+    for name, path in zip(names, inputs):
+        other = seen.setdefault(name.casefold(), path)
+        if other is not path:
+            raise GTVError(f"inputs {other} and {path} both give the case name '{name}', so one would overwrite "
+                           "the other's outputs; run them into different -o folders")
+    return names
+
+
+# What one case writes, in the order the files are renamed into place (the report last: it is the
+# sign that a case is complete).
+def _case_outputs(outdir: Path, name: str, png: bool) -> dict[str, Path]:
+    paths = {"seg": outdir / f"{name}.seg.nrrd", "label": outdir / f"{name}_label.nii.gz"}
+    if png:
+        paths["png"] = outdir / f"{name}_overview.png"
+    paths["report"] = outdir / f"{name}_report.json"
+    return paths
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from . import io
     from .bundle import PostprocessSpec, open_model
     from .catalog import prefetch
+    from .inputcheck import check_input_path
     from .metrics import evaluate_case
+    from .outputs import atomic_outputs, name_max, prepare_output_dir, refuse_overwriting_inputs
     from .pipeline import Segmenter
     from .report import write_json, write_overview_png
     from .segfile import Terminology, target_color
 
-    outdir = Path(args.output)
     inputs = [Path(p) for p in args.input]
     for p in inputs:
-        if not p.exists():
-            raise GTVError(f"input not found: {p}")
+        check_input_path(p)
+    if args.reference:
+        check_input_path(Path(args.reference), "reference")
     if args.reference and len(inputs) != 1:
         raise GTVError("--reference goes with exactly one input")
+    names = _case_names(args, inputs)
+    outdir = prepare_output_dir(args.output)
+    for name in names:
+        longest = max(_case_outputs(outdir, name, args.png).values(), key=lambda q: len(q.name.encode()))
+        if len(longest.name.encode()) > name_max(outdir):
+            raise GTVError(f"case name '{name[:40]}...' is too long: {longest.name[:40]}... would pass the file "
+                           f"system's {name_max(outdir)}-byte limit; use --name")
     selection = _slice_selection(args)
     if selection is not None and len(inputs) != 1:
         raise GTVError("slice choices (--include-slices and the like) go with exactly one input")
@@ -94,12 +129,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                                min_component_cc=bundle.postprocess.min_component_cc)
     seg = Segmenter(bundle, device=args.device, threshold=args.threshold,
                     use_classifier=not args.no_classifier, postprocess=post)
-    outdir.mkdir(parents=True, exist_ok=True)
+    model_file = Path(args.model) if args.model and Path(args.model).is_file() else None
+    guarded = [*inputs, args.reference, model_file]
     failures = 0
-    for path in inputs:
-        name = args.name or case_name(path)
+    for path, name in zip(inputs, names):
         progress = _Progress(args.progress)
         try:
+            targets = _case_outputs(outdir, name, args.png)
+            refuse_overwriting_inputs(targets.values(), guarded)
             t0 = time.perf_counter()
             progress("read", 0.0)
             ct = io.read_ct(path)
@@ -110,17 +147,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             result = seg(ct, progress=progress, selection=selection)
             t = time.perf_counter()
             progress("write", 0.0)
-            seg_path = outdir / f"{name}.seg.nrrd"
-            io.write_seg_nrrd(result.mask, seg_path, name=bundle.target, color=target_color(bundle.target),
-                              terminology=terminology)
-            io.write_labelmap(result.mask, outdir / f"{name}_label.nii.gz")
-            if args.png:
-                write_overview_png(ct, result.mask, outdir / f"{name}_overview.png",
-                                   title=f"{name}: {bundle.name} {bundle.version}", reference=reference,
-                                   window=tuple(bundle.preprocess.window))
-            t_write = time.perf_counter() - t
-            timings = {"read": t_read, **result.timings, "write": t_write,
-                       "total": time.perf_counter() - t0}
             report = {
                 "case": name,
                 "input": str(path),
@@ -135,16 +161,27 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 "slice_selection": selection.to_dict() if selection is not None else None,
                 # null for every slice when the classifier was switched off (--no-classifier)
                 "slice_probabilities": [_json_safe(round(float(p), 4)) for p in result.slice_probs],
-                "timings_s": {k: round(v, 4) for k, v in timings.items()},
             }
             if reference is not None:
                 metrics = evaluate_case(result.mask, reference)
                 report["reference"] = {"path": args.reference, **{k: _json_safe(v) for k, v in metrics.items()}}
-            write_json(report, outdir / f"{name}_report.json")
+            # All files of the case under temporary names first; renamed together at the end.
+            with atomic_outputs(targets.values()) as tmps:
+                tmp = dict(zip(targets, tmps))
+                io.write_seg_nrrd(result.mask, tmp["seg"], name=bundle.target, color=target_color(bundle.target),
+                                  terminology=terminology)
+                io.write_labelmap(result.mask, tmp["label"])
+                if args.png:
+                    write_overview_png(ct, result.mask, tmp["png"], title=f"{name}: {bundle.name} {bundle.version}",
+                                       reference=reference, window=tuple(bundle.preprocess.window))
+                t_write = time.perf_counter() - t
+                timings = {"read": t_read, **result.timings, "write": t_write, "total": time.perf_counter() - t0}
+                report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+                write_json(report, tmp["report"])
             progress("write", 1.0)
             progress.close()
             line = (f"{name}: GTV {report['volume_cc']:.1f} cc on {report['slices_segmented']}/"
-                    f"{report['slices_total']} slices in {timings['total']:.2f} s -> {seg_path}")
+                    f"{report['slices_total']} slices in {timings['total']:.2f} s -> {targets['seg']}")
             if reference is not None:
                 line += f"; Dice vs reference {report['reference']['dice']:.3f}"
             print(line, flush=True)
@@ -156,8 +193,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             if len(inputs) == 1:
                 raise
             failures += 1
-            print(f"gtvautoseg: {path}: {exc}", file=sys.stderr, flush=True)
-    return 1 if failures else 0
+            print(f"gtvautoseg: error: {path}: {exc}", file=sys.stderr, flush=True)
+        except BaseException:
+            progress.close()
+            raise
+    return 2 if failures else 0
 
 
 def _slice_selection(args: argparse.Namespace):
@@ -213,10 +253,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import io
     from .metrics import evaluate_case, summarise
 
+    from .inputcheck import check_input_path
+    from .outputs import refuse_overwriting_inputs
+
     pred, ref = Path(args.pred), Path(args.ref)
-    for p in (pred, ref):
-        if not p.exists():
-            raise GTVError(f"not found: {p}")
+    for p, what in ((pred, "PRED"), (ref, "REF")):
+        check_input_path(p, what)
+    if args.csv:
+        refuse_overwriting_inputs([Path(args.csv)], [pred, ref])
     rows = []
     for name, p, r in _mask_pairs(pred, ref):
         m = evaluate_case(io.read_mask(p), io.read_mask(r))
@@ -263,8 +307,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr and exit status 2, like every other refusal."""
+
+    def error(self, message: str):
+        self.exit(2, f"gtvautoseg: error: {message} (see {self.prog} --help)\n")
+
+
+def _probability(text: str) -> float:
+    """``--threshold``: a number in [0, 1]; nan, inf and out-of-range values are refused, not
+    turned into an empty GTV or a switched-off classifier."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0.0 <= value <= 1.0):  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="gtvautoseg",
         description="Gross tumour volume segmentation on CT (ResNet18 slice classifier + SANet cascade). "
                     "Research use only.")
@@ -278,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     s.add_argument("--model", default=None, help="model name from Resources/Models.json or a bundle path (default: the default model)")
     s.add_argument("--device", default="auto", type=_device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    s.add_argument("--threshold", type=float, default=None, help="classifier probability threshold (default: the model's)")
+    s.add_argument("--threshold", type=_probability, default=None,
+                   help="classifier probability threshold in [0, 1] (default: the model's)")
     s.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest 3D components (0 keeps all)")
     s.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice (no cascade)")
     s.add_argument("--include-slices", metavar="LIST", help="also segment these slices (e.g. 12,14-17; K indices from 0)")
@@ -287,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slice-file", metavar="JSON", help='slice choices as {"include": [...], "exclude": [...]} or {"only": [...]}')
     s.add_argument("--reference", default=None, help="a reference mask: report Dice etc. against it")
     s.add_argument("--png", action="store_true", help="also write NAME_overview.png (axial/coronal/sagittal)")
-    s.add_argument("--name", default=None, help="case name for output files (one input only)")
+    s.add_argument("--name", default=None, help="case name for output files (one input only; a plain file name)")
     s.add_argument("--progress", default="bar", choices=["bar", "lines", "none"], help="progress display")
     s.set_defaults(func=_cmd_segment)
 
@@ -308,8 +372,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "name", None) and len(getattr(args, "input", [])) > 1:
+    with terminate_as_interrupt():
+        try:
+            return _main(argv)
+        except Terminated:
+            print("gtvautoseg: terminated", file=sys.stderr)
+            return 143
+        except KeyboardInterrupt:
+            print("gtvautoseg: interrupted", file=sys.stderr)
+            return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error, already printed in one line (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    if getattr(args, "name", None) is not None and len(getattr(args, "input", [])) > 1:
         print("gtvautoseg: error: --name goes with exactly one input", file=sys.stderr)
         return 2
     with warnings.catch_warnings():
@@ -325,9 +404,6 @@ def main(argv: list[str] | None = None) -> int:
         except GTVError as exc:
             print(f"gtvautoseg: error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("gtvautoseg: interrupted", file=sys.stderr)
-            return 130
 
 
 if __name__ == "__main__":

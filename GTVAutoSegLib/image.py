@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,6 +14,26 @@ except ImportError as exc:  # arrays work without it; see MissingModule
     sitk = MissingModule("SimpleITK", exc)
 
 
+@dataclass(frozen=True)
+class DicomSource:
+    """Identifiers of the DICOM series an image was read from. A DICOM SEG or RTSTRUCT made from a
+    result must reference them (study, series, frame of reference, each slice's SOP instance).
+
+    Attributes:
+        sop_instance_uids: one per slice, in the image's array order (axis 0).
+        attributes: patient and study attributes by DICOM keyword (PatientID, StudyDate, ...).
+        folder: where the series was read from.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    sop_class_uid: str
+    sop_instance_uids: tuple[str, ...]
+    attributes: dict[str, str] = field(default_factory=dict, hash=False)
+    folder: str = ""
+
+
 @dataclass
 class Image:
     """A 3D image on a physical grid, in SimpleITK's conventions.
@@ -23,12 +43,14 @@ class Image:
         spacing: ``(sx, sy, sz)`` in mm.
         origin: ``(ox, oy, oz)`` in mm, LPS (DICOM/ITK patient coordinates).
         direction: 9 floats, row-major 3x3, columns are the x, y, z index axes in LPS.
+        source: the DICOM series it came from (None for other files and for arrays).
     """
 
     array: np.ndarray
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
+    source: DicomSource | None = None
 
     @classmethod
     def from_sitk(cls, img: sitk.Image) -> "Image":
@@ -50,7 +72,7 @@ class Image:
         """Same grid, other voxels (for a mask or a probability map)."""
         if array.shape != self.array.shape:
             raise ValueError(f"array shape {array.shape} differs from the grid {self.array.shape}")
-        return Image(array, self.spacing, self.origin, self.direction)
+        return Image(array, self.spacing, self.origin, self.direction, self.source)
 
     def same_grid(self, other: "Image", tol: float = 1e-4) -> bool:
         return (

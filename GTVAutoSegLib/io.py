@@ -7,24 +7,22 @@ file beside the target and renamed onto it, so a crash never leaves a half-writt
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import secrets
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from . import dicomseries
 from .errors import GTVError
 from .image import Image, sitk
+from .inputcheck import check_geometry, check_input_path, check_nifti, is_nifti
+from .native import quiet_stderr
+from .outputs import atomic_output  # noqa: F401  (re-exported: io.atomic_output is the writers' entry)
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_INPUTS = "NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr), MHA/MHD or a DICOM series folder"
-
-# DICOM objects that sit beside a CT series but are not image volumes to segment.
-_NON_VOLUME_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG", "DOC"}
 
 # Below this the whole volume is air: no patient to segment.
 AIR_HU = -900.0
@@ -42,21 +40,23 @@ def read_image(path: str | Path) -> Image:
         path: NIfTI, NRRD, MHA/MHD file, a DICOM series folder, or one file of a DICOM series.
 
     Returns:
-        The volume with its geometry; ``array`` is ``(z, y, x)``.
+        The volume with its geometry; ``array`` is ``(z, y, x)``. Read from DICOM, it carries the
+        series' identifiers in ``source``.
 
     Raises:
-        GTVError: missing path, not an image, no DICOM image series, not 3D, vector pixels,
+        GTVError: missing or unreadable path (a FIFO, a device, no permission), not an image, a
+            damaged file (truncated, corrupt compressed data), no DICOM CT series or one that is not
+            an even stack of parallel slices, not 3D, vector pixels, a sheared direction matrix,
             NaN or infinite voxels.
     """
     path = Path(path)
-    if not path.exists():
-        raise GTVError(f"input not found: {path}")
+    check_input_path(path)
     if path.is_dir():
-        img = _read_dicom_folder(path)
+        image = dicomseries.read_series(path)
+    elif dicomseries.is_dicom_file(path):
+        image = _read_dicom_file(path)
     else:
-        img = _read_file(path)
-    _check_scalar_3d(img, path)
-    image = Image.from_sitk(img)
+        image = _read_file(path)
     if np.issubdtype(image.array.dtype, np.floating) and not np.isfinite(image.array).all():
         n_nan = int(np.isnan(image.array).sum())
         n_inf = int(np.isinf(image.array).sum())
@@ -154,76 +154,47 @@ def resample_to(image: Image, reference: Image, nearest: bool, default: float = 
     return reference.with_array(out.array)
 
 
-def _read_file(path: Path) -> sitk.Image:
+def _read_file(path: Path) -> Image:
+    if is_nifti(path):
+        check_nifti(path)  # before ITK, which zero-fills a cut-off file and turns NaN into 0
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with quiet_stderr("ITK"):
+            reader.ReadImageInformation()
     except RuntimeError as e:
         logger.debug("SimpleITK could not read %s: %s", path, e)
         raise GTVError(f"{path.name} is not a readable image (supported: {SUPPORTED_INPUTS})") from None
     if reader.GetImageIOFromFileName(str(path)) == "GDCMImageIO":
-        modality = _modality(reader)
-        if modality in _NON_VOLUME_MODALITIES:
-            raise GTVError(f"{path.name} is a DICOM {modality} object, not an image volume")
-        # One slice of a series was picked: read the whole series it belongs to.
-        folder = path.resolve().parent
-        series = [files for _, files in _dicom_series(folder) if str(folder / path.name) in files]
-        if series:
-            return _read_series(series[0], folder)
+        return _read_dicom_file(path)  # a DICOM file without the standard preamble
     _check_dimension(reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), path)
+    check_geometry(path.name, reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
     try:
-        return reader.Execute()
+        with quiet_stderr("ITK"):
+            img = reader.Execute()
     except RuntimeError as e:
         logger.debug("SimpleITK could not read %s: %s", path, e)
-        raise GTVError(f"{path.name} could not be read (truncated or corrupt file?)") from None
+        detached = path.suffix.lower() in (".mhd", ".nhdr")
+        what = "its data file is missing, truncated or corrupt" if detached else "truncated or corrupt file?"
+        raise GTVError(f"{path.name} could not be read ({what})") from None
+    _check_dimension(img.GetDimension(), img.GetSize(), img.GetNumberOfComponentsPerPixel(), path)
+    return Image.from_sitk(img)
 
 
-def _dicom_series(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
-    """``(series UID, sorted file names)`` of each DICOM image series in ``folder`` (not SEG, RTSTRUCT...)."""
-    found = []
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
-        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
-        if files and _is_image_volume(files[0]):
-            found.append((uid, files))
-    return found
+def _read_dicom_file(path: Path) -> Image:
+    """One file of a DICOM series was picked: read the whole series it belongs to."""
+    import pydicom
 
-
-def _is_image_volume(dicom_file: str) -> bool:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(dicom_file)
+    modality = dicomseries.modality_of(path)
+    if modality in dicomseries.NON_VOLUME_MODALITIES:
+        raise GTVError(f"{path.name} is a DICOM {modality} object, not an image volume")
+    if modality != "CT":
+        raise GTVError(f"{path.name} is a DICOM {modality or 'image without a modality'}; a CT series is needed")
     try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return False  # no pixel data (RTSTRUCT, SR...)
-    return _modality(reader) not in _NON_VOLUME_MODALITIES
-
-
-def _modality(reader: sitk.ImageFileReader) -> str:
-    return reader.GetMetaData("0008|0060").strip().upper() if reader.HasMetaDataKey("0008|0060") else ""
-
-
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    series = _dicom_series(folder)
-    if not series:
-        raise GTVError(f"no DICOM image series found in folder {folder}")
-    uid, files = max(series, key=lambda s: len(s[1]))
-    if len(series) > 1:
-        logger.warning(
-            "%s holds %d DICOM image series; reading the one with most files (%s, %d files)",
-            folder, len(series), uid or "no series UID", len(files),
-        )
-    return _read_series(files, folder)
-
-
-def _read_series(files: tuple[str, ...], folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(files))
-    try:
-        return reader.Execute()
-    except RuntimeError as e:
-        logger.debug("SimpleITK could not read the series in %s: %s", folder, e)
-        raise GTVError(f"the DICOM series in {folder} could not be read as one volume ({len(files)} files)") from None
+        uid = str(pydicom.dcmread(str(path), stop_before_pixels=True).get("SeriesInstanceUID", "")) or "no series UID"
+    except Exception:  # read once already by modality_of; a race with a changing file
+        raise GTVError(f"{path.name} is a damaged DICOM file") from None
+    return dicomseries.read_series(path.resolve().parent, series_uid=uid)
 
 
 def _check_dimension(dim: int, size, components: int, path: Path) -> None:
@@ -234,10 +205,6 @@ def _check_dimension(dim: int, size, components: int, path: Path) -> None:
         raise GTVError(f"{path.name} has {components} values per voxel (colour or vector image); a scalar 3D volume is needed")
 
 
-def _check_scalar_3d(img: sitk.Image, path: Path) -> None:
-    _check_dimension(img.GetDimension(), img.GetSize(), img.GetNumberOfComponentsPerPixel(), path)
-
-
 def _size_str(image: Image) -> str:
     return "x".join(str(n) for n in image.array.shape[::-1])
 
@@ -245,46 +212,8 @@ def _size_str(image: Image) -> str:
 # --------------------------------------------------------------------------------------------- writing
 
 
-_COMPOUND_SUFFIXES = (".seg.nrrd", ".nii.gz")
 # Formats that SimpleITK writes as one file; detached headers (.mhd, .nhdr) could not be renamed atomically.
 _LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in _COMPOUND_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return path.name[-len(suffix):]
-    return path.suffix
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
-
-    The temporary name keeps the suffix (``.case.tmp-1a2b3c4d.seg.nrrd``) so writers choose the format
-    by it. On any exception the temporary file is removed and ``path`` is left as it was.
-
-    Raises:
-        GTVError: the output folder does not exist.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise GTVError(f"output folder does not exist: {path.parent}")
-    suffix = _suffix(path)
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    while True:
-        tmp = path.parent / f".{stem}.tmp-{secrets.token_hex(4)}{suffix}"
-        if not tmp.exists():
-            break
-    try:
-        yield tmp
-        if not tmp.is_file():
-            raise RuntimeError(f"nothing was written to {tmp}")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_labelmap(mask: Image, path: str | Path) -> None:
@@ -299,7 +228,22 @@ def write_labelmap(mask: Image, path: str | Path) -> None:
         raise GTVError(f"cannot write a label map as {path.name}; use one of {', '.join(_LABELMAP_SUFFIXES)}")
     img = mask.with_array((mask.array != 0).astype(np.uint8)).to_sitk()
     with atomic_output(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+        with quiet_stderr("ITK"):
+            sitk.WriteImage(img, str(tmp), useCompression=True)
+        _check_written_grid(tmp, mask, path)
+
+
+def _check_written_grid(tmp: Path, mask: Image, path: Path) -> None:
+    """The file must hold exactly the mask's grid: a format that cannot store it would otherwise
+    move the result (ITK's NIfTI writer orthogonalises a direction matrix without a word)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp))
+    with quiet_stderr("ITK"):
+        reader.ReadImageInformation()
+    written = Image(mask.array, tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
+    if tuple(reader.GetSize()) != tuple(mask.array.shape[::-1]) or not written.same_grid(mask):
+        raise GTVError(f"{path.name} cannot hold this image's grid exactly (origin {mask.origin}, direction "
+                       f"{tuple(round(v, 4) for v in mask.direction)}); refusing to write a shifted result")
 
 
 # The Slicer segmentation format lives in segfile.py; these names stay reachable as io.X.

@@ -12,7 +12,7 @@ from scipy import ndimage
 from .bundle import ModelBundle, PostprocessSpec
 from .cascade import Cascade, CancelFn, ProgressFn
 from .device import resolve_device
-from .errors import Cancelled
+from .errors import Cancelled, GTVError
 from .image import Image
 from .models import network_kind, resolve_config
 from .preprocessing import prepare, restore, restore_slice_values
@@ -73,6 +73,8 @@ class Segmenter:
         self.bundle = bundle
         self.device = resolve_device(device)
         self.threshold = bundle.threshold if threshold is None else float(threshold)
+        if not np.isfinite(self.threshold):  # NaN would silently select no slice at all
+            raise GTVError(f"classifier threshold must be a finite number, got {self.threshold}")
         self.use_classifier = use_classifier
         self.postprocess = postprocess or bundle.postprocess
         classifier, segmenter = bundle.build_networks()

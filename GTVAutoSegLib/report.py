@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,9 @@ def write_overview_png(ct: Image, mask: Image, path: str | Path, title: str = ""
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.8), dpi=110)
     for ax, (name, cut, aspect) in zip(axes, views):
         ax.imshow(cut(vol), cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
-        if cut(seg).any():
-            ax.contour(cut(seg), levels=[0.5], colors=["#ff3b30"], linewidths=1.4)
-        if ref is not None and cut(ref).any():
-            ax.contour(cut(ref), levels=[0.5], colors=["#30d158"], linewidths=1.0, linestyles="dashed")
+        _outline(ax, cut(seg), "#ff3b30", 1.4, "solid", aspect)
+        if ref is not None:
+            _outline(ax, cut(ref), "#30d158", 1.0, "dashed", aspect)
         ax.set_title(name)
         ax.axis("off")
     legend = "red: GTVAutoSeg" + ("   green dashed: reference" if ref is not None else "")
@@ -60,6 +60,33 @@ def write_overview_png(ct: Image, mask: Image, path: str | Path, title: str = ""
     plt.close(fig)
 
 
+def _outline(ax, mask: np.ndarray, color: str, width: float, style: str, aspect: float) -> None:
+    """The mask's contour; a view one voxel thick (a 1-slice CT's coronal view) cannot hold a
+    contour line, so there the voxels are tinted instead."""
+    if not mask.any():
+        return
+    if min(mask.shape) >= 2:
+        ax.contour(mask, levels=[0.5], colors=[color], linewidths=width, linestyles=style)
+    else:
+        from matplotlib.colors import ListedColormap
+
+        ax.imshow(np.ma.masked_equal(mask, 0), cmap=ListedColormap([color]), alpha=0.6, aspect=aspect,
+                  interpolation="nearest")
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def write_json(data: dict[str, Any], path: str | Path) -> None:
+    """Strict JSON (RFC 8259): NaN and infinities are written as null, never as bare NaN/Infinity
+    that other JSON readers refuse."""
+    text = json.dumps(_finite_or_none(data), indent=2, sort_keys=False, allow_nan=False)
     with atomic_output(Path(path)) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=False))
+        Path(tmp).write_text(text)

@@ -34,11 +34,19 @@ class Code:
         return cls(*parts[:3]) if any(parts[:3]) else None
 
 
-# Anatomic regions a target segment may be tagged with (DICOM anatomic codes, SNOMED CT).
+# Anatomic regions a GTV segment may be tagged with (DICOM anatomic codes, SNOMED CT): the one
+# enumeration; bundles, build_bundle's --anatomic-region and the terminology all check against it.
 ANATOMIC_REGIONS: dict[str, Code] = {
     "head_and_neck": Code("SCT", "774007", "Head and Neck"),
     "lung": Code("SCT", "39607008", "Lung"),
 }
+
+
+def check_anatomic_region(region: str) -> str:
+    """``region`` if it is a key of :data:`ANATOMIC_REGIONS`, else a one-line GTVError listing them."""
+    if region not in ANATOMIC_REGIONS:
+        raise GTVError(f"unknown anatomic region {region!r}; known: {', '.join(ANATOMIC_REGIONS)}")
+    return region
 
 
 @dataclass(frozen=True)
@@ -102,9 +110,7 @@ class Terminology:
         kind = TARGET_TYPES[target_type(target)]
         if region is None:
             return cls(type=kind.code)
-        if region not in ANATOMIC_REGIONS:
-            raise GTVError(f"unknown anatomic region {region!r}; known: {', '.join(ANATOMIC_REGIONS)}")
-        return cls(type=kind.code, anatomic_region=ANATOMIC_REGIONS[region])
+        return cls(type=kind.code, anatomic_region=ANATOMIC_REGIONS[check_anatomic_region(region)])
 
     def entry_string(self) -> str:
         """Slicer's ``TerminologyEntry`` tag value: seven ``~``-separated parts."""
@@ -321,3 +327,67 @@ def read_seg_nrrd(path: str | Path, segment: str | None = None) -> tuple[Image, 
         direction=tuple(float(v) for v in direction.ravel()),
     )
     return image, seg
+
+
+def regrid_seg_nrrd(path: str | Path, like: Image) -> None:
+    """Rewrite a ``.seg.nrrd`` in place so that it lies exactly on ``like``'s grid.
+
+    3D Slicer's segmentation writer keeps the physical voxels but not the grid: for a left-handed
+    grid (a flipped or some oblique CTs) it stores the slice axis reversed, with another origin and
+    direction, and spacings pick up rounding (2.4999999999999991). Each layer is put back onto the
+    input's grid by physical position (nearest neighbour on the same lattice, so no voxel changes),
+    and the geometry fields, extents and reference geometry are rewritten; every segment field
+    (names, colours, terminology, layers) is kept.
+
+    Raises:
+        GTVError: the file cannot be read, or its voxels do not lie on ``like``'s lattice.
+    """
+    nrrd = _optional_import("nrrd", "pynrrd", "rewrite a .seg.nrrd")
+    from .io import resample_to
+
+    path = Path(path)
+    try:
+        data, header = nrrd.read(str(path), index_order="C")
+    except Exception as exc:  # pynrrd raises NRRDError, ValueError, OSError...
+        raise GTVError(f"{path.name} is not a readable segmentation file ({type(exc).__name__})") from None
+    directions = np.asarray(header["space directions"], dtype=float)
+    spatial = [k for k in range(directions.shape[0]) if np.isfinite(directions[k]).all()]
+    if len(spatial) != 3 or header.get("space") not in ("left-posterior-superior", "LPS"):
+        raise GTVError(f"{path.name} is not a 3D LPS segmentation (space {header.get('space')!r})")
+    file_axes = directions[spatial]  # rows: index axes x, y, z
+    spacing = np.linalg.norm(file_axes, axis=1)
+    source = Image(np.zeros((1, 1, 1), np.uint8), tuple(float(v) for v in spacing),
+                   tuple(float(v) for v in header["space origin"]),
+                   tuple(float(v) for v in (file_axes / spacing[:, None]).T.ravel()))
+    # NRRD's list axis (layers) is the fastest, so the last axis in C order.
+    layers = data[..., None] if data.ndim == 3 else data
+    out = []
+    for k in range(layers.shape[-1]):
+        layer = Image(np.ascontiguousarray(layers[..., k]), source.spacing, source.origin, source.direction)
+        moved = resample_to(layer, like, nearest=True)
+        if int(moved.array.astype(bool).sum()) != int(layer.array.astype(bool).sum()):
+            raise GTVError(f"{path.name} does not lie on the input's voxel lattice; refusing to move its voxels")
+        out.append(moved.array)
+    voxels = out[0] if data.ndim == 3 else np.stack(out, axis=-1)
+    d = np.asarray(like.direction, dtype=float).reshape(3, 3) * np.asarray(like.spacing, dtype=float)
+    new_directions = directions.copy()
+    new_directions[spatial] = d.T
+    header["space directions"] = new_directions
+    header["space origin"] = np.asarray(like.origin, dtype=float)
+    nx, ny, nz = like.array.shape[::-1]
+    for key in [k for k in header if k.startswith("Segment") and k.endswith("_Extent")]:
+        header[key] = f"0 {nx - 1} 0 {ny - 1} 0 {nz - 1}"
+    header["Segmentation_ReferenceImageExtentOffset"] = "0 0 0"
+    params = header.get("Segmentation_ConversionParameters")
+    if params:
+        parts = []
+        for item in params.split("&"):
+            name, sep, rest = item.partition("|")
+            if name == "Reference image geometry" and sep:
+                rest = _reference_geometry(like) + "|" + rest.partition("|")[2]
+            parts.append(name + sep + rest)
+        header["Segmentation_ConversionParameters"] = "&".join(parts)
+    for key in ("sizes", "space dimension"):
+        header.pop(key, None)
+    with atomic_output(path) as tmp:
+        nrrd.write(str(tmp), voxels, header, compression_level=1, index_order="C")

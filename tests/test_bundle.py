@@ -49,7 +49,7 @@ def test_bad_model_files_are_refused(tmp_path):
         load_bundle(tmp_path / "missing.pt")
     truncated = tmp_path / "trunc.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(GTVError, match="cannot load"):
+    with pytest.raises(GTVError, match="truncated"):
         load_bundle(truncated)
     tampered = tmp_path / "tampered.pt"
     data = bytearray(good.read_bytes())
@@ -100,3 +100,61 @@ def test_models_json_resolution_and_hash_enforcement(tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps({"models": []}))
     with pytest.raises(GTVError, match="no model is installed"):
         open_model(None, tmp_path / "empty.json")
+
+
+def test_random_bytes_as_model_are_not_called_pickled_code(tmp_path):
+    # Issue 12 item 13: random bytes were reported as "pickled code".
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(GTVError) as e:
+        load_bundle(noise)
+    assert "not a GTVAutoSeg model bundle" in str(e.value) and "pickled" not in str(e.value)
+    cut = tmp_path / "cut.pt"
+    good = tmp_path / "m.pt"
+    save_bundle(_bundle(), good)
+    data = good.read_bytes()
+    cut.write_bytes(data[: len(data) - 2000])  # the zip directory at the end is gone
+    with pytest.raises(GTVError) as e:
+        load_bundle(cut)
+    assert "pickled" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_fifo_or_folder_as_model_is_refused_at_once(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(GTVError, match="FIFO"):
+        load_bundle(tmp_path / "pipe.pt")
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(GTVError, match="folder"):
+        load_bundle(tmp_path / "dir.pt")
+
+
+def test_anatomic_region_is_checked_when_a_bundle_is_built_and_loaded(tmp_path):
+    # Issue 12 item 15: "head and neck" passed the build and failed only when the result was written.
+    from GTVAutoSegLib.segfile import ANATOMIC_REGIONS
+    from training import build_bundle
+
+    with pytest.raises(GTVError, match="unknown anatomic region 'head and neck'"):
+        _bundle().__class__(**{**_bundle().__dict__, "anatomic_region": "head and neck"})
+    parser_default = build_bundle.build.__defaults__[-1]
+    assert parser_default in ANATOMIC_REGIONS
+    # A bundle file from before the check: refused when loaded, before any inference.
+    good = tmp_path / "m.pt"
+    save_bundle(_bundle(), good)
+    payload = torch.load(good, weights_only=True)
+    meta = json.loads(payload["meta_json"])
+    meta["anatomic_region"] = "head and neck"
+    payload["meta_json"] = json.dumps(meta)
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(GTVError, match="unknown anatomic region"):
+        load_bundle(tmp_path / "old.pt")
+
+
+def test_build_bundle_refuses_an_unknown_region_in_one_line(capsys):
+    from training import build_bundle
+
+    with pytest.raises(SystemExit) as e:
+        build_bundle.main(["--classifier", "c.pt", "--segmenter", "s.pt", "--out", "o.pt",
+                           "--anatomic-region", "head and neck"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err

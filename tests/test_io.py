@@ -171,21 +171,22 @@ def test_rtstruct_and_seg_are_not_image_series(shared_data):
     # dicom/ holds only a DICOM SEG file at its top level.
     with pytest.raises(GTVError) as e:
         read_image(shared_data / "dicom")
-    assert "no DICOM image series" in one_line_error(e)
+    assert "no DICOM CT image series" in one_line_error(e)
     with pytest.raises(GTVError, match="DICOM SEG object"):
         read_image(shared_data / "dicom" / "dcmqi_ct3_liver_seg.dcm")
 
 
-def test_folder_with_two_series_reads_the_larger_and_says_so(shared_data, tmp_path, caplog):
+def test_folder_with_two_series_reads_the_larger_and_says_so(shared_data, tmp_path):
     # Copies into pytest's temporary folder only; never into the repository.
     for name in ("01.dcm", "02.dcm", "03.dcm"):
         (tmp_path / f"a_{name}").write_bytes((shared_data / "dicom" / "dcmqi_ct3" / name).read_bytes())
     for name in ("ct_1.dcm", "ct_2.dcm", "rt.dcm"):
         (tmp_path / f"b_{name}").write_bytes((shared_data / "dicom" / "rtutils_mock" / name).read_bytes())
-    with caplog.at_level("WARNING", logger="GTVAutoSegLib.io"):
+    with pytest.warns(UserWarning) as caught:
         ct = read_image(tmp_path)
     assert ct.array.shape[0] == 3
-    assert "2 DICOM image series" in caplog.text and "3 files" in caplog.text
+    text = str(caught[0].message)
+    assert "2 CT series" in text and "(3 slices)" in text and "(2 slices)" in text  # the skipped one is named
 
 
 # ----------------------------------------------------------------------------------------- bad inputs
@@ -248,7 +249,7 @@ def _empty_folder(tmp_path):
         (_with(np.nan), "1 NaN and 0 infinite"),
         (_with(np.inf), "0 NaN and 1 infinite"),
         (_truncated, "truncated or corrupt"),
-        (_empty_folder, "no DICOM image series"),
+        (_empty_folder, "no DICOM CT image series"),
     ],
     ids=["missing", "text", "random-bytes", "2d", "4d", "vector", "nan", "inf", "truncated", "empty-folder"],
 )
@@ -396,10 +397,37 @@ def test_atomic_output_keeps_the_suffix_and_renames(tmp_path):
             pass
 
 
+def test_atomic_output_of_a_240_character_name_keeps_its_temporary_name_short(tmp_path):
+    target = tmp_path / ("c" * 240 + "_label.nii.gz")  # 253 bytes: fits, but name + ".tmp-..." would not
+    with atomic_output(target) as tmp:
+        assert len(tmp.name.encode()) <= 255
+        tmp.write_bytes(b"x")
+    assert target.read_bytes() == b"x"
+    with pytest.raises(GTVError, match="longer than the file system"):
+        with atomic_output(tmp_path / ("c" * 250 + "_label.nii.gz")):
+            pass
+
+
+def test_atomic_output_onto_a_folder_is_one_line(tmp_path):
+    (tmp_path / "taken.csv").mkdir()
+    with pytest.raises(GTVError, match="it is a folder"):
+        with atomic_output(tmp_path / "taken.csv") as tmp:
+            tmp.write_text("x")
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.csv"]
+
+
+def test_sheared_grid_is_never_written_off_grid(tmp_path):
+    sheared = Image(np.zeros((3, 4, 5), np.uint8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                    (1.0, 0.3, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    with pytest.raises(GTVError, match="cannot hold this image's grid exactly"):
+        write_labelmap(sheared, tmp_path / "x_label.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
 def _half_write_then_fail(file, *args, **kwargs):
     """Stands in for ``nrrd.write(file, data, header, ...)``: a few bytes, then the disk fills up."""
     Path(str(file)).write_bytes(b"NRRD0005\npartial")
-    raise OSError("disk full")
+    raise OSError(28, "No space left on device")
 
 
 def _sitk_half_write_then_fail(image, file, *args, **kwargs):
@@ -412,11 +440,11 @@ def test_failing_writer_leaves_nothing_behind(tmp_path, monkeypatch, writer):
     target = tmp_path / ("out.seg.nrrd" if writer == "seg" else "out.nii.gz")
     if writer == "seg":
         monkeypatch.setattr(nrrd, "write", _half_write_then_fail)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(GTVError, match="disk or quota is full"):  # one line, not a traceback
             write_seg_nrrd(synthetic_mask(), target)
     else:
         monkeypatch.setattr(sitk, "WriteImage", _sitk_half_write_then_fail)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(GTVError, match="disk or quota is full"):
             write_labelmap(synthetic_mask(), target)
     assert list(tmp_path.iterdir()) == []
 
@@ -426,7 +454,7 @@ def test_failing_writer_keeps_the_previous_output(tmp_path, monkeypatch):
     write_seg_nrrd(synthetic_mask(), target)
     before = target.read_bytes()
     monkeypatch.setattr(nrrd, "write", _half_write_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(GTVError):
         write_seg_nrrd(synthetic_mask().with_array(np.zeros((6, 7, 8), np.uint8)), target)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.seg.nrrd"]
 
@@ -468,3 +496,119 @@ def test_segments_are_coded_as_the_model_s_radiotherapy_target():
     assert target_color("PTV70") != target_color("GTV") == GTV_COLOR
     with pytest.raises(GTVError, match="does not name a radiotherapy target volume"):
         Terminology.for_target("Tumour")
+
+
+# ------------------------------------------------------------- issue 12: what ITK lets through
+
+
+def _nifti(tmp_path, name="ct.nii.gz", array=None):
+    array = np.arange(8 * 10 * 12, dtype=np.int16).reshape(8, 10, 12) - 500 if array is None else array
+    return write_sitk(array, tmp_path / name, spacing=(0.8, 0.9, 2.5))
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii"])
+def test_truncated_nifti_is_refused_not_zero_filled(tmp_path, name):
+    path = _nifti(tmp_path, name)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(GTVError) as e:
+        read_image(path)
+    assert "truncated" in one_line_error(e)
+
+
+def test_real_truncated_openkbp_ct_is_refused(shared_data, tmp_path):
+    # The issue's case: pt_201 cut to 155,984 bytes was segmented (544 cc instead of 416 cc).
+    cut = tmp_path / "ct.nii.gz"
+    cut.write_bytes((shared_data / "openkbp" / "validation" / "pt_201" / "ct.nii.gz").read_bytes()[:155_984])
+    with pytest.raises(GTVError) as e:
+        read_ct(cut)
+    assert "truncated" in one_line_error(e)
+
+
+@pytest.mark.parametrize("value, expected", [(np.nan, "1 NaN and 0 infinite"), (np.inf, "0 NaN and 1 infinite")])
+def test_nan_and_inf_in_nifti_are_refused(tmp_path, value, expected):
+    import nibabel as nib
+
+    a = np.full((12, 10, 8), -1000.0, np.float32)
+    a[3, 4, 5] = value
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(a, np.diag([0.8, 0.9, 2.5, 1.0])), str(path))
+    assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).any()  # what ITK does: 0
+    with pytest.raises(GTVError) as e:
+        read_image(path)
+    assert expected in one_line_error(e)
+
+
+def test_sheared_direction_is_refused_in_nrrd_and_nifti(tmp_path):
+    import nibabel as nib
+
+    img = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))
+    img.SetDirection((1.0, 0.3, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(img, str(tmp_path / "shear.nrrd"))
+    with pytest.raises(GTVError) as e:
+        read_image(tmp_path / "shear.nrrd")
+    assert "sheared" in one_line_error(e)
+    affine = np.array([[1, 0.3, 0, 0], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1.0]])
+    nii = nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), affine)
+    nii.set_qform(None, code=0)
+    nii.set_sform(affine, code=1)
+    nib.save(nii, str(tmp_path / "shear.nii.gz"))
+    with pytest.raises(GTVError) as e:
+        read_image(tmp_path / "shear.nii.gz")
+    assert "sheared" in one_line_error(e)
+
+
+def test_oblique_but_orthonormal_direction_is_read(tmp_path):
+    c, s = np.cos(0.4), np.sin(0.4)
+    img = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))
+    img.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, -1.0))
+    sitk.WriteImage(img, str(tmp_path / "oblique.nrrd"))
+    assert read_image(tmp_path / "oblique.nrrd").direction == pytest.approx((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, -1.0))
+
+
+def test_a_fifo_is_refused_at_once(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "ct.nii.gz")
+    with pytest.raises(GTVError) as e:
+        read_image(tmp_path / "ct.nii.gz")
+    assert "FIFO" in one_line_error(e)
+
+
+def test_permission_problem_is_called_so(tmp_path, monkeypatch):
+    # Root reads any file, so the operating system's refusal is simulated where it would come from.
+    path = _nifti(tmp_path)
+    real_open = open
+
+    def deny(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", deny)
+    with pytest.raises(GTVError) as e:
+        read_image(path)
+    assert "permission denied" in one_line_error(e)
+
+
+@pytest.mark.parametrize("kind", ["truncated.mha", "no_raw.mhd"])
+def test_itk_noise_never_reaches_the_terminal(tmp_path, capfd, kind):
+    path = write_sitk(np.zeros((20, 30, 40), np.int16), tmp_path / kind.split("_")[-1].replace("truncated", "cut"))
+    if kind == "truncated.mha":
+        path.write_bytes(path.read_bytes()[:3000])
+    else:
+        path.with_suffix(".raw").unlink()
+    with pytest.raises(GTVError) as e:
+        read_image(path)
+    assert "could not be read" in one_line_error(e)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_header_claiming_a_huge_volume_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "huge.nhdr"
+    path.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 5000 5000 5000\nendian: little\nencoding: raw\n"
+                    "data file: huge.raw\n")
+    (tmp_path / "huge.raw").write_bytes(b"\0" * 64)
+    with pytest.raises(GTVError) as e:
+        read_image(path)
+    assert "header is damaged" in one_line_error(e)

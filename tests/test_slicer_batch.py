@@ -96,3 +96,40 @@ def test_batch_usage_errors_exit_2(tmp_path):
                            "--device", "tpu"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--device" in proc.stderr
+
+
+def test_batch_keeps_left_handed_grids_and_refuses_a_truncated_nifti_quietly(foregroundBundle, tmp_path):
+    """Issue 12 items 17, 1 and 13: Slicer's writer stored a flipped/oblique CT's slice axis reversed;
+    a truncated NIfTI was segmented "ok"; a corrupt NRRD filled the log with ~30 VTK lines."""
+    from GTVAutoSegLib.io import read_image
+    from GTVAutoSegLib.phantom import make_phantom
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    c, s = np.cos(0.3), np.sin(0.3)
+    grids = {"zflip": (1, 0, 0, 0, 1, 0, 0, 0, -1), "tiltflip": (1, 0, 0, 0, c, s, 0, s, -c)}
+    for seed, (name, direction) in enumerate(grids.items()):
+        ct, _ = make_phantom(shape=(4, 40, 40), spacing=(2.0, 2.0, 3.0), seed=seed, tumour_slices=2,
+                             origin=(5.0, -5.0, 20.0), direction=direction)
+        sitk.WriteImage(ct.to_sitk(), str(cases / f"{name}.nrrd"))
+    sitk.WriteImage(ct.to_sitk(), str(cases / "cut.nii.gz"))
+    data = (cases / "cut.nii.gz").read_bytes()
+    (cases / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    (cases / "bad.nrrd").write_bytes((cases / "zflip.nrrd").read_bytes()[:400])
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--input", str(cases), "--output", str(out),
+         "--model", str(foregroundBundle), "--device", "cpu"],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.glob("*.seg.nrrd")) == ["tiltflip.seg.nrrd", "zflip.seg.nrrd"]
+    for name in grids:
+        ct, seg = read_image(cases / f"{name}.nrrd"), read_image(out / f"{name}.seg.nrrd")
+        assert seg.array.shape == ct.array.shape
+        assert seg.origin == ct.origin and seg.spacing == ct.spacing
+        assert np.allclose(seg.direction, ct.direction, atol=1e-12)
+        assert seg.array[ct.array > -500].any()  # the foreground model's box lies on the body
+    # One line per failed case on stderr, nothing else.
+    assert sorted(line.split(":")[1].strip() for line in proc.stderr.strip().splitlines()) == ["bad", "cut"]
+    assert "truncated" in proc.stderr

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+Positive = Annotated[float, Field(gt=0)]
 
 
 @dataclass
@@ -40,21 +45,21 @@ class AugmentConfig:
     """
 
     enabled: bool = True
-    p_rotate: float = 0.5
-    max_rotate_deg: float = 15.0
-    p_zoom: float = 0.5
-    zoom_range: tuple[float, float] = (0.85, 1.15)
-    p_vflip: float = 0.5
-    p_elastic: float = 0.3
-    elastic_strength: float = 0.02
-    elastic_grid: int = 6
-    p_noise: float = 0.3
-    noise_std: float = 0.03
-    p_erase: float = 0.25
-    erase_area: tuple[float, float] = (0.02, 0.1)
-    p_lrflip: float = 0.0
-    p_intensity: float = 0.0
-    intensity_scale: tuple[float, float] = (0.9, 1.1)
+    p_rotate: Probability = 0.5
+    max_rotate_deg: Annotated[float, Field(ge=0, le=180)] = 15.0
+    p_zoom: Probability = 0.5
+    zoom_range: tuple[Positive, Positive] = (0.85, 1.15)
+    p_vflip: Probability = 0.5
+    p_elastic: Probability = 0.3
+    elastic_strength: Annotated[float, Field(ge=0)] = 0.02
+    elastic_grid: Annotated[int, Field(ge=2)] = 6
+    p_noise: Probability = 0.3
+    noise_std: Annotated[float, Field(ge=0)] = 0.03
+    p_erase: Probability = 0.25
+    erase_area: tuple[Probability, Probability] = (0.02, 0.1)
+    p_lrflip: Probability = 0.0
+    p_intensity: Probability = 0.0
+    intensity_scale: tuple[Positive, Positive] = (0.9, 1.1)
     intensity_shift: tuple[float, float] = (-0.05, 0.05)
 
 

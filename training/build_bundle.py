@@ -19,6 +19,7 @@ from pathlib import Path
 from GTVAutoSegLib.bundle import ModelBundle, save_bundle
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.models import SEGMENTER_KINDS, build_network
+from GTVAutoSegLib.segfile import ANATOMIC_REGIONS
 
 from .train import git_commit, load_best
 
@@ -50,7 +51,7 @@ def _provenance(path: Path, best: dict) -> dict:
 
 def build(classifier_ckpt: str | Path, segmenter_ckpt: str | Path, out: str | Path, name: str, version: str,
           threshold: float | None = None, half: bool = False, target: str | None = None,
-          anatomic_region: str = "head and neck") -> tuple[ModelBundle, str]:
+          anatomic_region: str = "head_and_neck") -> tuple[ModelBundle, str]:
     """Write the bundle; returns it and the file's SHA-256."""
     classifier_ckpt, segmenter_ckpt = Path(classifier_ckpt), Path(segmenter_ckpt)
     cls_best, seg_best = load_best(classifier_ckpt), load_best(segmenter_ckpt)
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--threshold", type=float, help="classifier threshold (default: picked on validation)")
     p.add_argument("--target", help="structure name recorded in the bundle (default: the data target)")
-    p.add_argument("--anatomic-region", default="head and neck")
+    p.add_argument("--anatomic-region", default="head_and_neck", choices=sorted(ANATOMIC_REGIONS))
     p.add_argument("--half", action="store_true", help="store weights as fp16 (half the size)")
     args = p.parse_args(argv)
     try:

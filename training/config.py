@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
+
+from GTVAutoSegLib.coarse import CoarseSpec
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.losses import LossConfig
-from GTVAutoSegLib.coarse import CoarseSpec
 from GTVAutoSegLib.models import DENSE_KINDS, NetConfig, network_kind
 from GTVAutoSegLib.preprocessing import PreprocessSpec
 from GTVAutoSegLib.sampling import parse_ratio
@@ -37,11 +38,11 @@ class OptimConfig:
         min_lr: ``eta_min``.
     """
 
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    restart_epochs: int = 20
-    restart_mult: int = 1
-    min_lr: float = 0.0
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    restart_epochs: Annotated[int, Field(ge=1)] = 20
+    restart_mult: Annotated[int, Field(ge=1)] = 1
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
 
 
 @dataclass
@@ -87,21 +88,21 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessSpec = field(default_factory=lambda: PreprocessSpec(size=128))
     coarse: CoarseSpec = field(default_factory=CoarseSpec)
-    context_slices: int = 1
+    context_slices: Annotated[int, Field(ge=1)] = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    batch_size: int = 16
-    max_epochs: int = 100
-    patience: int = 15
-    max_slices_per_epoch: int | None = None
-    time_budget_min: float | None = None
-    recall_target: float = 0.95
-    val_batch_size: int = 32
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    max_epochs: Annotated[int, Field(ge=1)] = 100
+    patience: Annotated[int, Field(ge=0)] = 15
+    max_slices_per_epoch: Annotated[int, Field(ge=1)] | None = None
+    time_budget_min: Annotated[float, Field(gt=0)] | None = None
+    recall_target: Annotated[float, Field(gt=0, le=1)] = 0.95
+    val_batch_size: Annotated[int, Field(ge=1)] = 32
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    threads: int | None = None
-    val_every: int = 1
+    threads: Annotated[int, Field(ge=1)] | None = None
+    val_every: Annotated[int, Field(ge=1)] = 1
     preload_to_device: bool = True
     out_dir: str = "training/runs/run"
 
@@ -118,14 +119,8 @@ class TrainConfig:
         self.kind  # unknown network names fail here, before any data is read
         parse_ratio(self.balance)
         self.preprocess.validate()
-        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 0 or self.val_every < 1:
-            raise GTVError("batch_size, max_epochs and val_every must be >= 1, patience >= 0")
         if self.precision not in PRECISIONS:
             raise GTVError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.threads is not None and self.threads < 1:
-            raise GTVError(f"threads must be >= 1 (or null for torch's default), got {self.threads}")
-        if not 0.0 < self.recall_target <= 1.0:
-            raise GTVError(f"recall_target must lie in (0, 1], got {self.recall_target}")
         if self.kind == "segmenter3d" and self.augment.enabled:
             raise GTVError("augmentation of 3D patches is not implemented; set augment.enabled=false for a 3D segmenter")
         if self.context_slices < 1 or self.context_slices % 2 == 0:
@@ -155,38 +150,10 @@ class TrainConfig:
 def _upgrade(data: dict) -> dict:
     """Configs written before ``precision`` existed said ``amp`` (bf16 on CUDA only): ``false``
     meant fp32 everywhere, ``true`` is what ``auto`` now means."""
-    if "amp" in data and "precision" not in data:
+    if isinstance(data, dict) and "amp" in data and "precision" not in data:
         data = dict(data)
         data["precision"] = "auto" if data.pop("amp") else "fp32"
     return data
-
-
-def _from_dict(cls, data: Any, where: str):
-    """Build dataclass ``cls`` from a dict, refusing unknown keys (a typo would otherwise be ignored)."""
-    if cls is TrainConfig and isinstance(data, dict):
-        data = _upgrade(data)
-    if cls is NetConfig:
-        return NetConfig.from_dict(data)
-    if cls is PreprocessSpec:
-        return PreprocessSpec.from_dict(data)
-    if cls is CoarseSpec:
-        return CoarseSpec.from_dict(data)
-    if not isinstance(data, dict):
-        raise GTVError(f"config {where or 'root'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise GTVError(f"unknown config key(s) in {where or 'root'}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            value = _from_dict(hint, value, f"{where}.{key}".lstrip("."))
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -215,9 +182,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if not isinstance(node, dict):
                 raise GTVError(f"override {item!r}: {p} is not a section")
         node[leaf] = value
-    return _from_dict(TrainConfig, data, "").validate()
+    return validate_train_config(_upgrade(data)).validate()
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Inverse of :meth:`TrainConfig.to_dict` (used to resume and to build bundles)."""
-    return _from_dict(TrainConfig, data, "").validate()
+    return validate_train_config(_upgrade(data)).validate()
+
+
+def validate_train_config(data: dict[str, Any]) -> TrainConfig:
+    from .schema import validate_train_config as check  # pydantic, imported only to read a config
+
+    return check(data)

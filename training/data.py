@@ -20,8 +20,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.image import Image
@@ -87,11 +89,11 @@ class DataConfig:
     split: str = "fixed"
     train_split: str = "train"
     val_split: str = "validation"
-    folds: int = 5
-    fold: int = 0
+    folds: Annotated[int, Field(ge=2)] = 5
+    fold: Annotated[int, Field(ge=0)] = 0
     seed: int = 0
-    max_train_patients: int | None = None
-    max_val_patients: int | None = None
+    max_train_patients: Annotated[int, Field(ge=1)] | None = None
+    max_val_patients: Annotated[int, Field(ge=1)] | None = None
     cache_dir: str = "training/cache"
     pack: str = ""
 

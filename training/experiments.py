@@ -244,7 +244,7 @@ def evaluate_pair(row: Row, s: RunSettings, shared_classifier: Path) -> str:
     if not bundle.is_file():
         steps.append(("bundle", [s.python, "-m", "training.build_bundle", "--classifier", str(classifier),
                                  "--segmenter", str(s.runs / row.run / "best.pt"), "--out", str(bundle),
-                                 "--name", f"exp-{row.run}", "--anatomic-region", "head and neck"]))
+                                 "--name", f"exp-{row.run}", "--anatomic-region", "head_and_neck"]))
     if not (out / "eval" / "per_patient.csv").is_file():
         cmd = [s.python, "-m", "training.evaluate", "--bundle", str(bundle), "--split", s.split, "--arms", arms,
                "--device", s.device, "--out", str(out / "eval")]

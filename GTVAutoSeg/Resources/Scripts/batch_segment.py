@@ -89,9 +89,16 @@ def segmentCase(path: Path, name: str, outputDir: Path, parameters) -> dict:
     from GTVAutoSegSlicerLib.errors import GTVAutoSegError
     from GTVAutoSegSlicerLib.nodes import loadVolume
 
+    from GTVAutoSegLib.io import read_image
+    from GTVAutoSegLib.native import quiet_stderr
+
+    # The library's reader first: it refuses what Slicer's reader lets through (a truncated NIfTI,
+    # NaN voxels, a damaged DICOM series) in one line, and its grid is the one the output must keep.
+    inputImage = read_image(path)
     scene = slicer.vtkMRMLScene()  # never the user's scene; dropped after the case
     try:
-        volume = loadVolume(scene, path, name)
+        with quiet_stderr("VTK"):  # vtkITK's multi-line errors; the reason is in the exception
+            volume = loadVolume(scene, path, name)
         run = SegmentationLogic(scene).process(volume, parameters=parameters, waitForCompletion=True)
         seg = run.segmentationNode
         target = outputDir / f"{name}.seg.nrrd"
@@ -102,6 +109,11 @@ def segmentCase(path: Path, name: str, outputDir: Path, parameters) -> dict:
         if not storage.WriteData(seg) or not tmp.is_file():
             tmp.unlink(missing_ok=True)
             raise GTVAutoSegError(f"could not write {target}")
+        try:
+            keepInputGrid(tmp, inputImage)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, target)
         report = run.report
         return {"segmentation": target.name, "target": report.get("model", {}).get("target", ""),
@@ -110,6 +122,13 @@ def segmentCase(path: Path, name: str, outputDir: Path, parameters) -> dict:
                 "review_slices": " ".join(str(r.sliceIndex) for r in run.reviewSlices)}
     finally:
         scene.Clear(1)
+
+
+def keepInputGrid(segPath: Path, inputImage) -> None:
+    """Slicer writes a left-handed grid's slice axis reversed; put the file back on the input's grid."""
+    from GTVAutoSegLib.segfile import regrid_seg_nrrd
+
+    regrid_seg_nrrd(segPath, inputImage)
 
 
 def buildParser() -> argparse.ArgumentParser:

@@ -1,0 +1,309 @@
+"""A CT series from a folder of DICOM files, read deliberately instead of trusted to ITK.
+
+ITK's series reader stacks whatever files share a series UID: a slice copied under another name
+becomes an extra slice with a fraction of the spacing, a missing slice is bridged by an even spacing
+that is no longer true, and a slice in another orientation is stacked in without a word. Here the
+headers are read with pydicom and checked before any voxel is used:
+
+1. CT images only (Modality CT), localizer/scout images left out, SEG/RTSTRUCT/... ignored;
+2. one SeriesInstanceUID: the one with most slices when there are several (the others are named);
+3. sorted by ImagePositionPatient projected on the slice normal, never by file name or InstanceNumber;
+4. refused, in one line naming the slices: a duplicated position, uneven spacing (a missing slice),
+   mixed orientations or sizes, gantry tilt (positions stepping off the slice normal).
+
+Voxels of uncompressed files come from pydicom (which notices a cut-off file; GDCM zero-fills it);
+compressed ones (JPEG 2000, JPEG-LS...) are decoded one file at a time by SimpleITK/GDCM. The
+series' identifiers travel with the image (:class:`DicomSource`) for a later DICOM SEG/RTSTRUCT export.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GTVError
+from .image import DicomSource, Image, sitk
+from .inputcheck import check_geometry
+from .native import quiet_stderr
+
+logger = logging.getLogger(__name__)
+
+# DICOM objects that sit beside a CT series but are not image volumes to segment.
+NON_VOLUME_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG", "DOC"}
+# Patient and study attributes kept with the image (a DICOM SEG or RTSTRUCT must repeat them).
+PATIENT_STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                          "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+                          "SeriesDescription", "SeriesNumber", "Manufacturer")
+# Positions agree to this (mm); spacings to this fraction of the slice spacing.
+POSITION_TOL_MM = 0.01
+SPACING_TOL = 0.02
+# A slice step that leaves the normal by more than this (degrees) is a gantry tilt.
+TILT_TOL_DEG = 0.1
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+
+
+@dataclass
+class _Slice:
+    path: Path
+    ds: object  # pydicom Dataset, pixel data included
+    position: np.ndarray
+    orientation: np.ndarray
+    pixel_spacing: tuple[float, float]
+    rows: int
+    columns: int
+    along: float = 0.0  # position projected on the slice normal
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.path.name
+
+
+def is_dicom_file(path: Path) -> bool:
+    """The ``DICM`` magic at byte 128 (the standard's file preamble)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def modality_of(path: Path) -> str:
+    """The Modality of one DICOM file ("" when it has none); GTVError when it is not readable."""
+    ds = _read(path, pixels=False)
+    return str(ds.get("Modality", "")).strip().upper()
+
+
+def read_series(folder: Path, series_uid: str | None = None) -> Image:
+    """The CT series in ``folder`` (the one with ``series_uid``, else the one with most slices).
+
+    Raises:
+        GTVError: no CT series, a damaged DICOM file, or a series that is not one even stack of
+            parallel slices (duplicated, missing, tilted or re-oriented slices).
+    """
+    series, skipped = _ct_series(folder)
+    if not series:
+        found = f" (found {', '.join(sorted(skipped))})" if skipped else ""
+        raise GTVError(f"no DICOM CT image series found in folder {folder}{found}")
+    if series_uid is not None:
+        if series_uid not in series:
+            raise GTVError(f"{folder} holds no CT slices of series {series_uid}")
+        uid = series_uid
+    else:
+        uid = max(series, key=lambda u: (len(series[u]), u))
+        others = [f"{u} ({len(s)} slices)" for u, s in series.items() if u != uid]
+        if others:
+            warnings.warn(f"{folder.name} holds {len(series)} CT series; reading {uid} ({len(series[uid])} slices), "
+                          f"skipping {', '.join(others)}", UserWarning, stacklevel=2)
+    return _stack(series[uid], folder)
+
+
+def _read(path: Path, pixels: bool):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # Pixel data is read when it is used (defer_size), so headers of many slices stay small.
+            ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels, defer_size="64 KB")
+    except InvalidDicomError:
+        raise GTVError(f"{path.name} is not a DICOM file") from None
+    except Exception as exc:  # a damaged header: pydicom raises EOFError, ValueError, struct.error...
+        raise GTVError(f"{path.name} is a damaged DICOM file ({type(exc).__name__})") from None
+    for w in caught:
+        text = str(w.message)
+        if "end of file" in text.lower():  # pydicom's only word for a file cut short
+            raise GTVError(f"{path.name} is a damaged DICOM file (cut short)")
+        logger.debug("pydicom on %s: %s", path.name, text)
+    return ds
+
+
+def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:
+    """CT slices of ``folder`` by SeriesInstanceUID, and what else was found (for the message)."""
+    series: dict[str, list[_Slice]] = {}
+    skipped: set[str] = set()
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise GTVError(f"cannot list folder {folder}: {exc.strerror or exc}") from None
+    for entry in entries:
+        try:
+            regular = entry.is_file()  # follows links; FIFOs, sockets and devices are not files
+        except OSError:
+            regular = False
+        if not regular or entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        if not is_dicom_file(path):
+            continue
+        header = _read(path, pixels=False)
+        modality = str(header.get("Modality", "")).strip().upper()
+        if modality != "CT":
+            skipped.add(f"{modality or 'no modality'} objects")
+            continue
+        image_type = [str(v).upper() for v in (header.get("ImageType") or [])]
+        if "LOCALIZER" in image_type or "SCOUT" in image_type:
+            skipped.add("localizer images")
+            logger.info("%s: leaving out localizer image %s", folder, path.name)
+            continue
+        if int(header.get("NumberOfFrames", 1) or 1) > 1:
+            raise GTVError(f"{path.name} is a multi-frame (enhanced) CT object; export the series as one file per slice")
+        uid = str(header.get("SeriesInstanceUID", "")) or "no series UID"
+        series.setdefault(uid, []).append(_slice(path))
+    return series, skipped
+
+
+def _numbers(ds, keyword: str, n: int, path: Path) -> np.ndarray:
+    value = ds.get(keyword)
+    try:
+        numbers = np.array([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        numbers = np.array([])
+    if numbers.shape != (n,) or not np.isfinite(numbers).all():
+        raise GTVError(f"{path.name} has no valid {keyword} ({n} numbers needed, got {value!r})")
+    return numbers
+
+
+def _slice(path: Path) -> _Slice:
+    ds = _read(path, pixels=True)
+    if "PixelData" not in ds:
+        raise GTVError(f"{path.name} is a CT object without pixel data")
+    orientation = _numbers(ds, "ImageOrientationPatient", 6, path)
+    spacing = _numbers(ds, "PixelSpacing", 2, path)
+    if (spacing <= 0).any():
+        raise GTVError(f"{path.name} has pixel spacing {tuple(spacing)}; it must be positive")
+    return _Slice(path, ds, _numbers(ds, "ImagePositionPatient", 3, path), orientation,
+                  (float(spacing[0]), float(spacing[1])), int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))
+
+
+def _stack(slices: list[_Slice], folder: Path) -> Image:
+    first = slices[0]
+    for s in slices[1:]:
+        if np.abs(s.orientation - first.orientation).max() > 1e-4:
+            raise GTVError(f"slice {s.name} is in another orientation ({_fmt(s.orientation)}) than {first.name} "
+                           f"({_fmt(first.orientation)}); one series must be one stack of parallel slices")
+        if (s.rows, s.columns) != (first.rows, first.columns) or np.abs(np.subtract(s.pixel_spacing, first.pixel_spacing)).max() > 1e-4:
+            raise GTVError(f"slice {s.name} is {s.columns}x{s.rows} at {s.pixel_spacing} mm, {first.name} "
+                           f"{first.columns}x{first.rows} at {first.pixel_spacing} mm; one series needs one slice size")
+    row, col = first.orientation[:3], first.orientation[3:]
+    normal = np.cross(row, col)
+    direction = np.stack([row, col, normal], axis=1)
+    check_geometry(first.name, (first.columns, first.rows, len(slices)), (1.0, 1.0, 1.0), first.position, direction)
+    for s in slices:
+        s.along = float(s.position @ normal)
+    slices = sorted(slices, key=lambda s: s.along)
+    slice_spacing = _check_positions(slices, normal)
+    voxels = [_pixels(s) for s in slices]
+    array = np.stack(voxels).astype(np.result_type(*voxels), copy=False)
+    spacing = (first.pixel_spacing[1], first.pixel_spacing[0], slice_spacing)
+    return Image(array, tuple(float(v) for v in spacing), tuple(float(v) for v in slices[0].position),
+                 tuple(float(v) for v in direction.ravel()), source=_source(slices, folder))
+
+
+def _check_positions(slices: list[_Slice], normal: np.ndarray) -> float:
+    """The even slice spacing; GTVError naming the slices at a duplicated position, a gap or a tilt."""
+    if len(slices) == 1:
+        ds = slices[0].ds
+        for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+            try:
+                value = float(ds.get(keyword) or 0)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(value) and value > 0:
+                return value
+        return 1.0
+    along = np.array([s.along for s in slices])
+    steps = np.diff(along)
+    for k, step in enumerate(steps):
+        if step < POSITION_TOL_MM:
+            a, b = slices[k], slices[k + 1]
+            raise GTVError(f"duplicated slice position: {a.name} and {b.name} both lie at {a.along:.2f} mm along "
+                           "the slice normal; remove the copy")
+    spacing = float(np.median(steps))
+    bad = np.flatnonzero(np.abs(steps - spacing) > max(POSITION_TOL_MM, SPACING_TOL * spacing))
+    if bad.size:
+        k = int(bad[0])
+        a, b = slices[k], slices[k + 1]
+        hint = "; a slice is missing?" if steps[k] > spacing else ""
+        raise GTVError(f"uneven slice spacing: {steps[k]:.3g} mm between {a.name} ({a.along:.2f} mm) and {b.name} "
+                       f"({b.along:.2f} mm), {spacing:.3g} mm elsewhere{hint}")
+    for k in range(len(slices) - 1):
+        step = slices[k + 1].position - slices[k].position
+        off = math.degrees(math.acos(min(1.0, abs(float(step @ normal)) / float(np.linalg.norm(step)))))
+        if off > TILT_TOL_DEG:
+            raise GTVError(f"gantry tilt: slices step {off:.2f} degrees off the slice normal (between "
+                           f"{slices[k].name} at {_fmt(slices[k].position)} and {slices[k + 1].name} at "
+                           f"{_fmt(slices[k + 1].position)}); resample the series to an untilted grid first")
+    return spacing
+
+
+def _pixels(s: _Slice) -> np.ndarray:
+    """One slice's values after the modality rescale, ``(rows, columns)``."""
+    syntax = str(getattr(s.ds.file_meta, "TransferSyntaxUID", "")) if hasattr(s.ds, "file_meta") else ""
+    if syntax in _UNCOMPRESSED:
+        try:
+            raw = s.ds.pixel_array
+        except Exception as exc:  # pydicom names a short or odd pixel data element
+            raise GTVError(f"{s.name}: pixel data is damaged or cut short ({_first_line(exc)})") from None
+        values = _rescale(raw, s)
+    else:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(s.path))
+        try:
+            with quiet_stderr("GDCM"):
+                values = sitk.GetArrayFromImage(reader.Execute())[0]  # GDCM applies the rescale
+        except RuntimeError:
+            raise GTVError(f"{s.name}: compressed pixel data could not be decoded (truncated or corrupt?)") from None
+    if values.shape != (s.rows, s.columns):
+        raise GTVError(f"{s.name}: pixel data is {values.shape}, its header says {s.rows}x{s.columns}")
+    return values
+
+
+def _rescale(raw: np.ndarray, s: _Slice) -> np.ndarray:
+    try:
+        slope = float(s.ds.get("RescaleSlope", 1) or 1)
+        intercept = float(s.ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        raise GTVError(f"{s.name} has an invalid RescaleSlope or RescaleIntercept") from None
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise GTVError(f"{s.name} has a non-finite RescaleSlope or RescaleIntercept")
+    if raw.ndim != 2:
+        raise GTVError(f"{s.name}: pixel data has shape {raw.shape}; a CT slice has one value per pixel")
+    if slope.is_integer() and intercept.is_integer():
+        values = raw.astype(np.int64) * int(slope) + int(intercept)
+        for dtype in (np.int16, np.int32):
+            info = np.iinfo(dtype)
+            if values.min() >= info.min and values.max() <= info.max:
+                return values.astype(dtype)
+        return values.astype(np.float64)
+    return (raw.astype(np.float64) * slope + intercept).astype(np.float32)
+
+
+def _source(slices: list[_Slice], folder: Path) -> DicomSource:
+    ds = slices[0].ds
+    attributes = {k: str(ds.get(k, "")) for k in PATIENT_STUDY_KEYWORDS if ds.get(k) is not None}
+    return DicomSource(
+        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        sop_instance_uids=tuple(str(s.ds.get("SOPInstanceUID", "")) for s in slices),
+        attributes=attributes,
+        folder=str(folder),
+    )
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]

@@ -1,0 +1,147 @@
+"""Checks on an input before and after its voxels are read, each failing with one line.
+
+ITK reads many damaged files without complaint: a truncated NIfTI comes back with its missing
+slices as zeros and NaN voxels of a NIfTI come back as 0, and a sheared direction matrix is kept on
+reading but orthogonalised on writing. These checks catch what ITK lets through, so a damaged CT is
+refused instead of being segmented into a plausible contour on a wrong image.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import stat
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GTVError
+
+# Direction columns must be orthonormal to this: DICOM cosines carry 6 decimals, NIfTI quaternions float32.
+ORTHONORMAL_TOL = 1e-4
+# Largest volume read (voxels): a 512 x 512 x 4096 CT. A header claiming more is a damaged or hostile
+# file, and ITK would try to allocate it before finding out.
+MAX_VOXELS = 512 * 512 * 4096
+_GZIP_TAIL_CHUNKS = 16  # MiB read past the voxels of a .nii.gz to reach its CRC
+
+
+def check_input_path(path: Path, what: str = "input") -> None:
+    """A regular file or a folder that exists and can be read; never a FIFO, device or socket
+    (reading a FIFO waits forever for a writer)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise GTVError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise GTVError(f"cannot reach {what} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise GTVError(f"cannot read folder {path}: permission denied")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+        raise GTVError(f"{what} {path} is {kind}, not an image file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise GTVError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise GTVError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if st.st_size == 0:
+        raise GTVError(f"{path.name} is an empty file (0 bytes)")
+
+
+def check_geometry(name: str, size, spacing, origin, direction) -> None:
+    """Finite origin, positive finite spacing, orthonormal direction, a size that fits in memory."""
+    n = math.prod(int(s) for s in size)
+    if any(int(s) < 1 for s in size):
+        raise GTVError(f"{name} has size {'x'.join(str(int(s)) for s in size)}; every side needs at least one voxel")
+    if n > MAX_VOXELS:
+        raise GTVError(f"{name} claims {'x'.join(str(int(s)) for s in size)} voxels ({n:,}), more than the "
+                       f"{MAX_VOXELS:,} a CT can have; the header is damaged")
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise GTVError(f"{name} has voxel spacing {tuple(spacing)}; every spacing must be a positive number")
+    if not all(math.isfinite(v) for v in origin):
+        raise GTVError(f"{name} has origin {tuple(origin)}; it must be finite")
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    if not np.isfinite(d).all():
+        raise GTVError(f"{name} has a direction matrix with non-finite values")
+    off = float(np.abs(d.T @ d - np.eye(3)).max())
+    if off > ORTHONORMAL_TOL:
+        raise GTVError(f"{name} has a sheared or scaled direction matrix (its columns are off orthonormal by "
+                       f"{off:.3g}); an output could not lie exactly on its grid, so it is refused")
+
+
+def is_nifti(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def check_nifti(path: Path) -> None:
+    """Refuse a NIfTI whose voxel data is cut short, whose gzip stream is damaged, whose float
+    voxels are not all finite (ITK turns NaN and Inf into 0), or whose sform is sheared."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        header = img.header
+        shape = header.get_data_shape()
+        offset = int(img.dataobj.offset)  # the file's vox_offset (the image's header copy says 0)
+    except Exception as exc:  # nibabel raises ImageFileError, ValueError, struct.error...
+        reason = _first_line(exc).replace(str(path), path.name)
+        raise GTVError(f"{path.name} is not a readable image (not a valid NIfTI file: {reason})") from None
+    if len(shape) < 3:
+        return  # ITK refuses it with the dimension check
+    affine = header.get_sform() if int(header["sform_code"]) > 0 else None
+    if affine is not None and np.isfinite(affine).all():
+        cols = affine[:3, :3]
+        norms = np.linalg.norm(cols, axis=0)
+        if (norms > 0).all():
+            d = cols / norms
+            off = float(np.abs(d.T @ d - np.eye(3)).max())
+            if off > ORTHONORMAL_TOL:
+                raise GTVError(f"{path.name} has a sheared sform (columns off orthonormal by {off:.3g}); "
+                               "an output could not lie exactly on its grid, so it is refused")
+    dtype = header.get_data_dtype()
+    expected = offset + math.prod(int(s) for s in shape) * dtype.itemsize
+    if math.prod(int(s) for s in shape) > MAX_VOXELS:
+        raise GTVError(f"{path.name} claims {'x'.join(str(int(s)) for s in shape)} voxels, more than a CT can have; "
+                       "the header is damaged")
+    data = _nifti_bytes(path, expected)
+    if np.issubdtype(dtype, np.floating):
+        voxels = np.frombuffer(data, dtype=dtype, count=math.prod(int(s) for s in shape), offset=offset)
+        finite = np.isfinite(voxels)
+        if not finite.all():
+            n_nan = int(np.isnan(voxels).sum())
+            n_inf = int((~finite).sum()) - n_nan
+            raise GTVError(f"{path.name} has {n_nan} NaN and {n_inf} infinite voxels; a CT must be finite everywhere")
+
+
+def _nifti_bytes(path: Path, expected: int) -> bytes:
+    """The file's (decompressed) bytes, at least ``expected`` of them, else a one-line GTVError."""
+    if path.name.lower().endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                data = f.read(expected)  # no more at once: a small file can inflate to gigabytes
+                # Read on to the end so the gzip CRC is checked (a flipped bit inside the stream),
+                # but only so far: trailing data beyond this is not voxels.
+                for _ in range(_GZIP_TAIL_CHUNKS):
+                    if not f.read(1 << 20):
+                        break
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+            raise GTVError(f"{path.name} is truncated or corrupt ({_first_line(exc)})") from None
+    else:
+        data = path.read_bytes()
+    if len(data) < expected:
+        raise GTVError(f"{path.name} is truncated: its header needs {expected:,} bytes of image data, "
+                       f"the file holds {len(data):,}")
+    return data
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]

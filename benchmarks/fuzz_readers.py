@@ -1,0 +1,86 @@
+"""Coverage-guided fuzzing (atheris) of the image and bundle readers.
+
+    .venv/bin/python benchmarks/fuzz_readers.py -atheris_runs=20000        # one command
+    .venv/bin/python benchmarks/fuzz_readers.py -max_total_time=600 corpus/  # longer, keep a corpus
+
+Each input is written as a file of one kind (the first byte picks NIfTI, gzip NIfTI, NRRD, MHA,
+DICOM or a model bundle, and seeds from real-looking files are mutated) and read by
+``GTVAutoSegLib.io.read_image`` or ``bundle.load_bundle``. The only allowed outcomes are a result or
+a one-line :class:`GTVError`; any other exception, a multi-line message, or a changed input file
+is a crash, which atheris reports with the input that caused it. ``tests/test_fuzz_readers.py``
+runs a few seconds of it in CI, and crashes found are kept there as regression tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+KINDS = (".nii", ".nii.gz", ".nrrd", ".mha", ".dcm", ".pt")
+_WORK = Path(tempfile.mkdtemp(prefix="gtv-fuzz-"))
+
+
+def check_one(data: bytes) -> None:
+    """Read ``data`` as the kind its first byte picks; raise AssertionError on a bad outcome."""
+    from GTVAutoSegLib.bundle import load_bundle
+    from GTVAutoSegLib.errors import GTVError
+    from GTVAutoSegLib.io import read_image
+
+    if not data:
+        return
+    suffix = KINDS[data[0] % len(KINDS)]
+    folder = _WORK / "case"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    path = folder / f"input{suffix}"
+    path.write_bytes(data[1:])
+    before = hashlib.sha256(data[1:]).digest()
+    try:
+        if suffix == ".pt":
+            load_bundle(path)
+        else:
+            read_image(path)
+    except GTVError as exc:
+        message = str(exc)
+        assert message and "\n" not in message, f"GTVError not in one line: {message!r}"
+    assert hashlib.sha256(path.read_bytes()).digest() == before, "the input file was modified"
+
+
+def seeds() -> list[bytes]:
+    """Small valid files of every kind, for the fuzzer to start from."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    out = []
+    array = (np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4) * 50) - 600
+    for k, suffix in enumerate(KINDS[:4]):
+        path = _WORK / f"seed{suffix}"
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path), useCompression=suffix == ".nrrd")
+        out.append(bytes([k]) + path.read_bytes())
+    return out
+
+
+def main() -> None:
+    import atheris
+
+    # Only the library is instrumented; torch, ITK and the rest are imported plainly (fast start).
+    with atheris.instrument_imports(include=["GTVAutoSegLib"]):
+        import GTVAutoSegLib.bundle  # noqa: F401
+        import GTVAutoSegLib.dicomseries  # noqa: F401
+        import GTVAutoSegLib.inputcheck  # noqa: F401
+        import GTVAutoSegLib.io  # noqa: F401
+    corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if corpus and not any(Path(c).iterdir() for c in corpus if Path(c).is_dir()):
+        for k, seed in enumerate(seeds()):
+            (Path(corpus[0]) / f"seed{k}").write_bytes(seed)
+    atheris.Setup(sys.argv, check_one)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

@@ -1,0 +1,47 @@
+"""The atheris target over the image and bundle readers: a few seconds of coverage-guided fuzzing in
+CI, and the inputs it (or its property-based sibling) found, kept as regression tests."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fuzz_readers  # noqa: E402
+
+pytest.importorskip("atheris", reason="atheris is not installed")
+
+
+def test_a_short_fuzzing_run_finds_no_crash(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz_readers.py"), "-max_total_time=8",
+                        "-rss_limit_mb=4096", "-timeout=20", str(corpus)],
+                       capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Done" in r.stderr and "runs in" in r.stderr
+
+
+@pytest.mark.parametrize("data", fuzz_readers.seeds(), ids=[k for k in fuzz_readers.KINDS[:4]])
+def test_seeds_read(data):
+    fuzz_readers.check_one(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # A .nii cut inside its voxels read as zeros (the NIfTI check took vox_offset 0 from nibabel's
+        # in-memory header copy); found by tests/test_properties.py.
+        b"\x00" + bytes(352) + b"\x01" * 8,
+        # Random bytes as a model were called "pickled code".
+        b"\x05" + bytes(range(256)) * 8,
+        # A header-only NIfTI name holding a truncated gzip stream.
+        b"\x01\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03",
+    ],
+    ids=["nii-cut-in-voxels", "random-model", "cut-gzip-header"],
+)
+def test_found_inputs_stay_fixed(data):
+    fuzz_readers.check_one(data)
