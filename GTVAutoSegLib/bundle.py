@@ -1,5 +1,6 @@
-"""A trained model as one file: both networks, their configs, the preprocessing spec, the
-operating threshold, a version and training provenance (nnU-Net's "plans" idea).
+"""A trained model as one file: its networks (slice classifier, segmenter, optionally a 3D
+locator), their configs, the preprocessing spec, how their outputs combine, the operating
+threshold, a version and training provenance (nnU-Net's "plans" idea).
 
 On disk it is a ``torch.save`` of plain containers (strings and tensors only) so that it loads
 with ``torch.load(weights_only=True)``: a file holding pickled code is refused, not executed.
@@ -17,7 +18,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .cascade import CombineSpec
 from .catalog import MODELS_JSON, ModelEntry, list_models  # noqa: F401  (re-exported)
+from .coarse import CoarseSpec
 from .errors import GTVError
 from .inputcheck import check_input_path
 from .models import NetConfig, build_network
@@ -25,7 +28,10 @@ from .preprocessing import PreprocessSpec
 from .segfile import check_anatomic_region
 
 FORMAT = "gtvautoseg-bundle"
-FORMAT_VERSION = 1
+# 2 added the locator, an optional classifier, 2.5D context and the combine spec; 1 is still read
+# (a format-1 bundle is a classifier + 2D/3D segmenter cascade with the defaults of all of them).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -44,11 +50,15 @@ class PostprocessSpec:
 
 @dataclass
 class ModelBundle:
-    """Everything inference needs, nothing hard-coded at the call site."""
+    """Everything inference needs, nothing hard-coded at the call site.
+
+    ``classifier`` may be None when the locator picks the slices (``combine.gate``); ``locator``
+    is None in a plain HCF cascade. ``*_context``: slices per 2D input (2.5D).
+    """
 
     name: str
     version: str
-    classifier: NetConfig
+    classifier: NetConfig | None
     segmenter: NetConfig
     preprocess: PreprocessSpec
     threshold: float = 0.5
@@ -58,20 +68,37 @@ class ModelBundle:
     provenance: dict[str, Any] = field(default_factory=dict)
     classifier_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     segmenter_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    locator: NetConfig | None = None
+    locator_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    coarse: CoarseSpec = field(default_factory=CoarseSpec)
+    combine: CombineSpec = field(default_factory=CombineSpec)
+    classifier_context: int = 1
+    segmenter_context: int = 1
 
     def __post_init__(self) -> None:
         # Checked when a bundle is built or loaded, not after a whole inference when the result is written.
         if self.anatomic_region:
             check_anatomic_region(self.anatomic_region)
+        self.combine.validate(self.classifier is not None, self.locator is not None)
+        self.coarse.validate()
+        for role, k in (("classifier", self.classifier_context), ("segmenter", self.segmenter_context)):
+            cfg = getattr(self, role)
+            if cfg is not None and cfg.in_channels != k:
+                raise GTVError(f"model '{self.name}': the {role} takes {cfg.in_channels} input channels but its "
+                               f"context is {k} slices")
 
     def meta(self) -> dict[str, Any]:
         """The JSON-safe description (everything but the weights)."""
         return {
             "name": self.name,
             "version": self.version,
-            "classifier": self.classifier.to_dict(),
+            "classifier": self.classifier.to_dict() if self.classifier is not None else None,
             "segmenter": self.segmenter.to_dict(),
+            "locator": self.locator.to_dict() if self.locator is not None else None,
             "preprocess": self.preprocess.to_dict(),
+            "coarse": self.coarse.to_dict(),
+            "combine": self.combine.to_dict(),
+            "context": {"classifier": self.classifier_context, "segmenter": self.segmenter_context},
             "threshold": float(self.threshold),
             "target": self.target,
             "anatomic_region": self.anatomic_region,
@@ -79,25 +106,35 @@ class ModelBundle:
             "provenance": self.provenance,
         }
 
-    def build_networks(self) -> tuple[nn.Module, nn.Module]:
-        """Both networks with their weights loaded (strict), in eval mode, on the CPU, float32."""
-        nets = []
-        for cfg, state, role in ((self.classifier, self.classifier_state, "classifier"),
-                                 (self.segmenter, self.segmenter_state, "segmenter")):
-            net = build_network(cfg)
-            try:
-                net.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0]
-                raise GTVError(f"model '{self.name}': {role} weights do not match its architecture: {first}") from None
-            nets.append(net.float().eval())
-        return nets[0], nets[1]
+    def _build(self, cfg: NetConfig | None, state: dict, role: str) -> nn.Module | None:
+        if cfg is None:
+            return None
+        net = build_network(cfg)
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise GTVError(f"model '{self.name}': {role} weights do not match its architecture: {first}") from None
+        return net.float().eval()
+
+    def build_networks(self) -> tuple[nn.Module | None, nn.Module]:
+        """Classifier (None if the model has none) and segmenter with their weights loaded (strict),
+        in eval mode, on the CPU, float32."""
+        return (self._build(self.classifier, self.classifier_state, "classifier"),
+                self._build(self.segmenter, self.segmenter_state, "segmenter"))
+
+    def build_locator(self) -> nn.Module | None:
+        """The 3D locator with its weights, or None."""
+        return self._build(self.locator, self.locator_state, "locator")
 
     @classmethod
-    def from_networks(cls, classifier_net: nn.Module, segmenter_net: nn.Module, /, **kwargs: Any) -> "ModelBundle":
-        """A bundle from two (trained) modules; ``kwargs`` are the other fields (name, version,
-        classifier and segmenter configs, preprocess, ...)."""
-        return cls(classifier_state=_cpu_state(classifier_net), segmenter_state=_cpu_state(segmenter_net), **kwargs)
+    def from_networks(cls, classifier_net: nn.Module | None, segmenter_net: nn.Module, /,
+                      locator_net: nn.Module | None = None, **kwargs: Any) -> "ModelBundle":
+        """A bundle from (trained) modules; ``kwargs`` are the other fields (name, version,
+        classifier, segmenter and locator configs, preprocess, ...)."""
+        return cls(classifier_state=_cpu_state(classifier_net) if classifier_net is not None else {},
+                   segmenter_state=_cpu_state(segmenter_net),
+                   locator_state=_cpu_state(locator_net) if locator_net is not None else {}, **kwargs)
 
 
 def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -124,6 +161,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path, half: bool = False) -> st
         "meta_json": json.dumps(bundle.meta(), sort_keys=True),
         "classifier": cast(bundle.classifier_state),
         "segmenter": cast(bundle.segmenter_state),
+        "locator": cast(bundle.locator_state),
     }
     path = Path(path)
     with atomic_output(path) as tmp:
@@ -168,16 +206,23 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBu
         raise GTVError(f"cannot load model file {path.name}: {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise GTVError(f"{path.name} is not a GTVAutoSeg model bundle")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise GTVError(f"{path.name} has bundle format {payload.get('format_version')}, this version reads {FORMAT_VERSION}")
+    if payload.get("format_version") not in READABLE_VERSIONS:
+        raise GTVError(f"{path.name} has bundle format {payload.get('format_version')}, this version reads "
+                       f"{', '.join(map(str, READABLE_VERSIONS))}")
     try:
         meta = json.loads(payload["meta_json"])
+        context = meta.get("context", {})
         return ModelBundle(
             name=meta["name"],
             version=meta["version"],
-            classifier=NetConfig.from_dict(meta["classifier"]),
+            classifier=NetConfig.from_dict(meta["classifier"]) if meta["classifier"] is not None else None,
             segmenter=NetConfig.from_dict(meta["segmenter"]),
+            locator=NetConfig.from_dict(meta["locator"]) if meta.get("locator") is not None else None,
             preprocess=PreprocessSpec.from_dict(meta["preprocess"]),
+            coarse=CoarseSpec.from_dict(meta["coarse"]) if "coarse" in meta else CoarseSpec(),
+            combine=CombineSpec.from_dict(meta["combine"]) if "combine" in meta else CombineSpec(),
+            classifier_context=int(context.get("classifier", 1)),
+            segmenter_context=int(context.get("segmenter", 1)),
             threshold=float(meta["threshold"]),
             target=meta.get("target", "GTV"),
             anatomic_region=meta.get("anatomic_region", ""),
@@ -185,6 +230,7 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBu
             provenance=meta.get("provenance", {}),
             classifier_state=payload["classifier"],
             segmenter_state=payload["segmenter"],
+            locator_state=payload.get("locator", {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise GTVError(f"{path.name}: bundle description is incomplete or invalid ({exc})") from None

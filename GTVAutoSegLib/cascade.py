@@ -2,6 +2,11 @@
 tumour, the segmenter runs only on those, every other slice is all-zero, and the slices are
 stitched back into a volume. It exists to remove the false positives a 2D segmenter puts on
 normal slices next to the tumour.
+
+A model may add a 3D locator (the same decoupling with a 3D "where"): one pass over the whole body
+box on a coarse grid (``coarse.py``) whose probabilities can choose the slices instead of (or with)
+the classifier, keep the 2D output within an in-plane region around what it found, and be
+averaged with the 2D segmenter's probabilities. :class:`CombineSpec` says which.
 """
 
 from __future__ import annotations
@@ -9,16 +14,73 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import Cancelled
+from .coarse import CoarseSpec, from_coarse, to_coarse
+from .errors import Cancelled, GTVError
 
 ProgressFn = Callable[[str, float], None]
 CancelFn = Callable[[], bool]
+
+
+GATES = ("classifier", "locator", "both", "none")
+
+
+@dataclass
+class CombineSpec:
+    """How the networks of a model make one result. Stored in the model bundle.
+
+    Args:
+        gate: which slices are segmented: ``classifier`` (its probability >= the threshold: the
+            paper's cascade), ``locator`` (slices where the 3D locator finds target), ``both``
+            (both must agree) or ``none`` (every slice).
+        locator_threshold: a slice is located when its highest locator probability reaches this.
+        locator_margin: slices added on each side of every located slice.
+        locator_weight: on segmented slices, ``(1 - w) * p_2d + w * p_locator``; 1 uses the locator
+            alone (the 2D segmenter then does not run), 0 the 2D segmenter alone.
+        region_margin_mm: when >= 0, 2D probabilities farther than this in-plane from the
+            locator's mask (probability >= 0.5) are set to 0; negative keeps them all.
+        tta_flip: average every network's probabilities over the input and its left-right mirror.
+    """
+
+    gate: str = "classifier"
+    locator_threshold: float = 0.5
+    locator_margin: int = 0
+    locator_weight: float = 0.0
+    region_margin_mm: float = -1.0
+    tta_flip: bool = False
+
+    def validate(self, has_classifier: bool = True, has_locator: bool = False) -> "CombineSpec":
+        if self.gate not in GATES:
+            raise GTVError(f"combine gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+        if self.gate in ("classifier", "both") and not has_classifier:
+            raise GTVError(f"combine gate {self.gate!r} needs a slice classifier, and this model has none")
+        uses_locator = self.gate in ("locator", "both") or self.locator_weight > 0 or self.region_margin_mm >= 0
+        if uses_locator and not has_locator:
+            raise GTVError("this combination needs a 3D locator, and the model has none")
+        if not 0.0 <= self.locator_threshold <= 1.0 or not 0.0 <= self.locator_weight <= 1.0:
+            raise GTVError("combine locator_threshold and locator_weight must lie in [0, 1]")
+        if isinstance(self.locator_margin, bool) or not isinstance(self.locator_margin, int) or self.locator_margin < 0:
+            raise GTVError(f"combine locator_margin must be a whole number of slices >= 0, got {self.locator_margin!r}")
+        if not isinstance(self.tta_flip, bool):
+            raise GTVError(f"combine tta_flip must be true or false, got {self.tta_flip!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CombineSpec":
+        if not isinstance(d, dict):
+            raise GTVError(f"combine spec must be a mapping, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise GTVError(f"unknown combine key(s): {', '.join(unknown)}")
+        return cls(**d)
 
 
 @dataclass
@@ -26,10 +88,11 @@ class CascadeResult:
     """What the cascade saw, in model space.
 
     Attributes:
-        slice_probs: ``(Z,)`` classifier tumour probability per slice (NaN when it did not run).
-        selected: ``(Z,)`` bool, slices the segmenter ran on (``slice_probs >= threshold``).
+        slice_probs: ``(Z,)`` per slice: the classifier's tumour probability, or without one the
+            locator's highest probability on the slice (NaN when neither ran).
+        selected: ``(Z,)`` bool, slices the segmenter ran on.
         seg_probs: ``(Z, H, W)`` float16 foreground probability; exactly 0 on unselected slices.
-        timings: seconds per stage (``classifier``, ``segmenter``).
+        timings: seconds per stage (``locator``, ``classifier``, ``segmenter``).
     """
 
     slice_probs: np.ndarray
@@ -85,49 +148,80 @@ def _seg_logits(out):
 
 
 class Cascade:
-    """Runs classifier then segmenter over the slices of one volume.
+    """Runs locator, classifier and segmenter over the slices of one volume.
 
     Args:
-        classifier: ``(B, 1, H, W) -> (B, 2)`` logits.
-        segmenter: ``(B, 1, H, W) -> (B, 2, H, W)`` logits; with ``segmenter_depth`` a 3D network
-            ``(1, 1, D, H, W) -> (1, 2, D, H, W)`` run on half-overlapping windows of D slices.
-        device: where both run (chosen once by the caller).
+        classifier: ``(B, k, H, W) -> (B, 2)`` logits, or None (a model whose locator picks slices).
+        segmenter: ``(B, k, H, W) -> (B, K, H, W)`` logits (class 1 is the target); with
+            ``segmenter_depth`` a 3D network ``(1, 1, D, H, W) -> (1, K, D, H, W)`` run on
+            half-overlapping windows of D slices.
+        device: where all run (chosen once by the caller).
         classifier_batch / segmenter_batch: slices per forward pass; with the chunking below
             only one batch of inputs and outputs lives on the device at a time, so a
             1000-slice CT needs no more GPU memory than a 32-slice one.
-        amp: bf16 autocast and channels_last on CUDA (ignored on the CPU).
+        amp: bf16 autocast on CUDA (ignored on the CPU).
         segmenter_depth: D of a 3D segmenter; None for a 2D one.
+        locator: ``(1, 1, D, H, W) -> (1, K, D, H, W)`` on the ``coarse`` grid, or None.
+        coarse: the locator's grid.
+        combine: how the networks' outputs are combined.
+        classifier_context / segmenter_context: slices per 2D input (2.5D), odd.
     """
 
-    def __init__(self, classifier: nn.Module, segmenter: nn.Module, device: torch.device,
+    def __init__(self, classifier: nn.Module | None, segmenter: nn.Module, device: torch.device,
                  classifier_batch: int = 64, segmenter_batch: int = 16, amp: bool = True,
-                 segmenter_depth: int | None = None):
+                 segmenter_depth: int | None = None, locator: nn.Module | None = None,
+                 coarse: CoarseSpec | None = None, combine: CombineSpec | None = None,
+                 classifier_context: int = 1, segmenter_context: int = 1):
         self.device = device
         self.cuda = device.type == "cuda"
-        fmt = torch.channels_last if (self.cuda and amp) else torch.contiguous_format
-        self.classifier = classifier.to(device, memory_format=fmt).eval()
+        self.combine = (combine or CombineSpec()).validate(classifier is not None, locator is not None)
+        # channels_last pays on oneDNN and cuDNN alike for these convolutional nets
+        self.memory_format = torch.channels_last
+        self.classifier = classifier.to(device, memory_format=self.memory_format).eval() if classifier is not None else None
         self.segmenter_depth = segmenter_depth
-        # channels_last is a 4D layout; 3D convolutions keep the default one
-        self.segmenter = segmenter.to(device, memory_format=fmt if segmenter_depth is None else
-                                      torch.contiguous_format).eval()
-        self.memory_format = fmt
+        self.segmenter = segmenter.to(device, memory_format=self.memory_format if segmenter_depth is None else
+                                      torch.channels_last_3d).eval()
+        self.locator = locator.to(device, memory_format=torch.channels_last_3d).eval() if locator is not None else None
+        self.coarse = coarse or CoarseSpec()
         self.classifier_batch = classifier_batch
         self.segmenter_batch = segmenter_batch
+        self.classifier_context = classifier_context
+        self.segmenter_context = segmenter_context
         self.amp = amp and self.cuda
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
-    def _batches(self, slices: np.ndarray, idx: np.ndarray, size: int):
+    def _batches(self, slices: np.ndarray, idx: np.ndarray, size: int, context: int):
+        z = slices.shape[0]
         for start in range(0, idx.size, size):
             part = idx[start:start + size]
-            x = torch.from_numpy(np.ascontiguousarray(slices[part], dtype=np.float32))[:, None]
+            x = torch.from_numpy(np.ascontiguousarray(slices[context_indices(part, z, context)], dtype=np.float32))
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             yield start, part, x
+
+    def _probs(self, net: nn.Module, x: torch.Tensor, spatial: bool) -> torch.Tensor:
+        """Class-1 probabilities of ``net`` on ``x``; with ``tta_flip`` averaged with the mirror
+        image's (flipped back). ``spatial``: per-pixel output whose last axis is left-right."""
+        with self._autocast():
+            p = torch.softmax(_seg_logits(net(x)).float(), dim=1)[:, 1]
+            if self.combine.tta_flip:
+                q = torch.softmax(_seg_logits(net(x.flip(-1))).float(), dim=1)[:, 1]
+                p = (p + (q.flip(-1) if spatial else q)) / 2
+        return p
 
     def _sync(self):
         if self.cuda:
             torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def locate(self, slices: np.ndarray, cancel: CancelFn | None = None) -> np.ndarray:
+        """``(Z, H, W)`` slices -> ``(Z, H, W)`` float32 locator probability (one coarse pass)."""
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled before the locator")
+        x = torch.from_numpy(to_coarse(slices, self.coarse))[None, None].to(self.device)
+        p = self._probs(self.locator, x.contiguous(memory_format=torch.channels_last_3d), spatial=True)
+        return from_coarse(p[0].cpu(), slices.shape)
 
     @torch.inference_mode()
     def classify(self, slices: np.ndarray, progress: ProgressFn | None = None,
@@ -135,13 +229,10 @@ class Cascade:
         """``(Z, H, W)`` float32 slices -> ``(Z,)`` tumour probabilities."""
         z = slices.shape[0]
         probs = np.zeros(z, dtype=np.float32)
-        idx = np.arange(z)
-        for start, part, x in self._batches(slices, idx, self.classifier_batch):
+        for start, part, x in self._batches(slices, np.arange(z), self.classifier_batch, self.classifier_context):
             if cancel is not None and cancel():
                 raise Cancelled("cancelled during slice classification")
-            with self._autocast():
-                logits = self.classifier(x)
-            probs[part] = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+            probs[part] = self._probs(self.classifier, x, spatial=False).cpu().numpy()
             if progress:
                 progress("classifier", min(1.0, (start + part.size) / max(z, 1)))
         return probs
@@ -154,12 +245,10 @@ class Cascade:
             return self._segment_3d(slices, selected, progress, cancel)
         out = np.zeros(slices.shape, dtype=np.float16)
         idx = np.flatnonzero(selected)
-        for start, part, x in self._batches(slices, idx, self.segmenter_batch):
+        for start, part, x in self._batches(slices, idx, self.segmenter_batch, self.segmenter_context):
             if cancel is not None and cancel():
                 raise Cancelled("cancelled during segmentation")
-            with self._autocast():
-                logits = _seg_logits(self.segmenter(x))
-            out[part] = torch.softmax(logits.float(), dim=1)[:, 1].to(torch.float16).cpu().numpy()
+            out[part] = self._probs(self.segmenter, x, spatial=True).to(torch.float16).cpu().numpy()
             if progress:
                 progress("segmenter", min(1.0, (start + part.size) / max(idx.size, 1)))
         return out
@@ -180,40 +269,89 @@ class Cascade:
             if cancel is not None and cancel():
                 raise Cancelled("cancelled during segmentation")
             x = torch.from_numpy(np.ascontiguousarray(stack[s:s + d], dtype=np.float32))[None, None].to(self.device)
-            with self._autocast():
-                logits = _seg_logits(self.segmenter(x))
+            p = self._probs(self.segmenter, x.contiguous(memory_format=torch.channels_last_3d), spatial=True)
             if progress:
                 progress("segmenter", (i + 1) / len(starts))
-            return torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+            return p[0].cpu().numpy()
 
         out = average_windows(stack.shape, d, starts, predict)[:z].astype(np.float16)
         out[~selected] = 0
         return out
 
+    def _uses_locator(self, gate: str) -> bool:
+        c = self.combine
+        return self.locator is not None and (gate in ("locator", "both") or c.locator_weight > 0
+                                             or c.region_margin_mm >= 0)
+
     def __call__(self, slices: np.ndarray, threshold: float, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None, use_classifier: bool = True,
-                 select: Callable[[np.ndarray], np.ndarray] | None = None) -> CascadeResult:
-        """Classify, select ``probs >= threshold``, segment the selection.
+                 select: Callable[[np.ndarray], np.ndarray] | None = None,
+                 pixel_mm: tuple[float, float] = (1.0, 1.0)) -> CascadeResult:
+        """Locate, classify, select, segment the selection, combine.
 
-        With ``use_classifier=False`` the classifier does not run at all: every slice is segmented
-        and ``slice_probs`` is NaN (the "segmenter alone" arm). ``select`` maps that ``(Z,)`` bool
-        selection to the one the segmenter gets (a reviewer's correction, ``slices.SliceSelection``).
+        With ``use_classifier=False`` no slice is gated out (neither classifier nor locator picks
+        slices; the classifier does not run): every slice is segmented (the "segmenter alone" arm).
+        ``select`` maps the ``(Z,)`` bool selection to the one the segmenter gets (a reviewer's
+        correction, ``slices.SliceSelection``). ``pixel_mm``: model-space ``(x, y)`` pixel size,
+        for ``region_margin_mm``.
         """
+        c = self.combine
+        gate = c.gate if use_classifier else "none"
+        z = slices.shape[0]
         timings = {}
         t0 = time.perf_counter()
-        if use_classifier:
+        prior = self.locate(slices, cancel) if self._uses_locator(gate) else None
+        t1 = time.perf_counter()
+        probs = np.full(z, np.nan, dtype=np.float32)
+        selected = np.ones(z, dtype=bool)
+        if gate in ("classifier", "both"):
             probs = self.classify(slices, progress, cancel)
             self._sync()
-            selected = probs >= threshold
-        else:
-            probs = np.full(slices.shape[0], np.nan, dtype=np.float32)
-            selected = np.ones(slices.shape[0], dtype=bool)
+            selected &= probs >= threshold
+        if gate in ("locator", "both"):
+            selected &= located_slices(prior, c.locator_threshold, c.locator_margin)
+        if prior is not None and (self.classifier is None or gate == "locator"):
+            probs = prior.reshape(z, -1).max(1)  # the locator's view of each slice, for review
         if select is not None:
             selected = np.asarray(select(selected), dtype=bool)
-        t1 = time.perf_counter()
-        seg = self.segment(slices, selected, progress, cancel)
-        self._sync()
         t2 = time.perf_counter()
-        timings["classifier"] = t1 - t0
-        timings["segmenter"] = t2 - t1
+        if c.locator_weight >= 1.0:  # the locator alone: the 2D segmenter would not count
+            seg = np.where(selected[:, None, None], prior, 0).astype(np.float16)
+        else:
+            seg = self.segment(slices, selected, progress, cancel)
+            self._sync()
+            if c.region_margin_mm >= 0:
+                seg = (seg * region_mask(prior, c.region_margin_mm, pixel_mm)).astype(np.float16)
+            if c.locator_weight > 0:
+                mixed = (1 - c.locator_weight) * seg.astype(np.float32) + c.locator_weight * prior
+                seg = np.where(selected[:, None, None], mixed, 0).astype(np.float16)
+        t3 = time.perf_counter()
+        if prior is not None:
+            timings["locator"] = t1 - t0
+        timings["classifier"] = t2 - t1
+        timings["segmenter"] = t3 - t2
         return CascadeResult(probs, selected, seg, timings)
+
+
+def located_slices(prior: np.ndarray, threshold: float, margin: int) -> np.ndarray:
+    """``(Z,)`` bool: slices whose highest locator probability reaches ``threshold``, widened by
+    ``margin`` slices on each side."""
+    hit = prior.reshape(prior.shape[0], -1).max(1) >= threshold
+    if margin > 0 and hit.any():
+        hit = np.convolve(hit.astype(np.int32), np.ones(2 * margin + 1, np.int32), mode="same") > 0
+    return hit
+
+
+def region_mask(prior: np.ndarray, margin_mm: float, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """``(Z, H, W)`` bool: within ``margin_mm`` in-plane of the locator's mask (probability >= 0.5)
+    on each slice; an empty slice stays empty."""
+    from scipy import ndimage
+
+    mask = prior >= 0.5
+    rx = int(round(margin_mm / max(pixel_mm[0], 1e-6)))
+    ry = int(round(margin_mm / max(pixel_mm[1], 1e-6)))
+    if rx == 0 and ry == 0 or not mask.any():
+        return mask
+    yy, xx = np.mgrid[-ry:ry + 1, -rx:rx + 1]
+    disk = (yy / max(ry, 0.5)) ** 2 + (xx / max(rx, 0.5)) ** 2 <= 1.0
+    return ndimage.binary_dilation(mask, disk[None])

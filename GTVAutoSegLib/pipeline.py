@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from .bundle import ModelBundle, PostprocessSpec
-from .cascade import Cascade, CancelFn, ProgressFn
+from .cascade import Cascade, CancelFn, CombineSpec, ProgressFn
 from .device import resolve_device
 from .errors import Cancelled, GTVError
 from .image import Image
@@ -64,12 +64,14 @@ class Segmenter:
         bundle: the model.
         device: ``auto`` / ``cpu`` / ``cuda``.
         threshold: classifier threshold; None takes the bundle's.
-        use_classifier: False runs the segmenter on every slice without running the classifier
-            (the "SANet alone" arm that measures what the cascade adds).
+        use_classifier: False gates no slice out: the segmenter runs on every slice and the
+            classifier not at all (the "SANet alone" arm that measures what the cascade adds).
+        postprocess / combine: override the bundle's (e.g. to compare combinations of its networks).
     """
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", threshold: float | None = None,
-                 use_classifier: bool = True, postprocess: PostprocessSpec | None = None):
+                 use_classifier: bool = True, postprocess: PostprocessSpec | None = None,
+                 combine: CombineSpec | None = None):
         self.bundle = bundle
         self.device = resolve_device(device)
         self.threshold = bundle.threshold if threshold is None else float(threshold)
@@ -80,7 +82,12 @@ class Segmenter:
         classifier, segmenter = bundle.build_networks()
         seg_cfg = resolve_config(bundle.segmenter)
         depth = seg_cfg.params["patch_depth"] if network_kind(seg_cfg.name) == "segmenter3d" else None
-        self.cascade = Cascade(classifier, segmenter, self.device, segmenter_depth=depth)
+        combine = combine or bundle.combine
+        needs_locator = combine.gate in ("locator", "both") or combine.locator_weight > 0 or combine.region_margin_mm >= 0
+        self.cascade = Cascade(classifier, segmenter, self.device, segmenter_depth=depth,
+                               locator=bundle.build_locator() if needs_locator else None, coarse=bundle.coarse,
+                               combine=combine, classifier_context=bundle.classifier_context,
+                               segmenter_context=bundle.segmenter_context)
 
     def to_mask(self, image: Image, seg_probs: np.ndarray, state) -> np.ndarray:
         """Model-space foreground probabilities (``state`` from ``prepare(image, ...)``) -> uint8
@@ -109,7 +116,8 @@ class Segmenter:
         if selection is not None and not selection.empty:  # corrected in the input's slice order
             def select(chosen):
                 return selection.apply(restore_slice_values(chosen, state))[state.original_slice_index]
-        result = self.cascade(slices, threshold, progress, cancel, use_classifier=use_classifier, select=select)
+        result = self.cascade(slices, threshold, progress, cancel, use_classifier=use_classifier, select=select,
+                              pixel_mm=state.model_spacing[:2])
         timings.update(result.timings)
 
         t = time.perf_counter()

@@ -11,7 +11,7 @@ from GTVAutoSegLib.models import register
 
 
 class MaxClassifier(nn.Module):
-    """``(B, 1, H, W) -> (B, 2)``: tumour logit positive where the slice's max exceeds ``level``."""
+    """``(B, k, H, W) -> (B, 2)``: tumour logit positive where the centre slice's max exceeds ``level``."""
 
     def __init__(self, level: float):
         super().__init__()
@@ -20,12 +20,14 @@ class MaxClassifier(nn.Module):
 
     def forward(self, x):
         self.calls += x.shape[0]
-        score = (x.amax(dim=(1, 2, 3)) - self.level) * 100.0
+        c = x.shape[1] // 2
+        score = (x[:, c].amax(dim=(1, 2)) - self.level) * 100.0
         return torch.stack([torch.zeros_like(score), score], dim=1)
 
 
 class BrightSegmenter(nn.Module):
-    """``(B, 1, H, W) -> (B, 2, H, W)``: foreground where the pixel exceeds ``level``."""
+    """``(B, k, H, W) -> (B, 2, H, W)``: foreground where the centre slice's pixel exceeds ``level``
+    (3D alike: ``(B, 1, D, H, W) -> (B, 2, D, H, W)``)."""
 
     def __init__(self, level: float):
         super().__init__()
@@ -34,7 +36,8 @@ class BrightSegmenter(nn.Module):
 
     def forward(self, x):
         self.calls += x.shape[0]
-        fg = (x - self.level) * 100.0
+        c = x.shape[1] // 2
+        fg = (x[:, c:c + 1] - self.level) * 100.0
         return torch.cat([torch.zeros_like(fg), fg], dim=1)
 
 
@@ -51,4 +54,10 @@ def _bright_segmenter(cfg):
 @register("test_bright_segmenter3d", kind="segmenter3d", params={"level": 0.8, "patch_depth": 16})
 def _bright_segmenter3d(cfg):
     # the same rule voxel by voxel: (1, 1, D, H, W) -> (1, 2, D, H, W)
+    return BrightSegmenter(cfg.params["level"])
+
+
+@register("test_bright_locator", kind="locator3d", params={"level": 0.8})
+def _bright_locator(cfg):
+    # voxel by voxel on the coarse grid: (1, 1, D, H, W) -> (1, 2, D, H, W)
     return BrightSegmenter(cfg.params["level"])

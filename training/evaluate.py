@@ -21,10 +21,12 @@ import numpy as np
 import torch
 
 from GTVAutoSegLib.bundle import load_bundle
+from GTVAutoSegLib.cascade import CombineSpec
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.metrics import evaluate_case, false_positive_slices, slice_recall, summarise
 from GTVAutoSegLib.pipeline import Segmenter
 
+from .build_bundle import parse_combine
 from .config import load_config
 from .data import CaseRef, load_case, openkbp_cases, split_cases
 
@@ -43,14 +45,15 @@ def metric_row(patient: str, arm: str, mask, ref) -> dict:
 
 
 def evaluate_cases(bundle_path: str | Path, cases: list[CaseRef], arms=ARMS, device: str = "auto",
-                   progress: bool = True) -> list[dict]:
+                   progress: bool = True, combine: CombineSpec | None = None) -> list[dict]:
     """One row per case and arm.
 
     ``fp_slices`` / ``fn_slices`` count slices of the final mask with no reference tumour / reference
-    slices the mask misses; ``classifier_*`` score the classifier's slice selection (cascade arm only).
+    slices the mask misses; ``classifier_*`` score the slice selection (cascade arm only: the
+    classifier's, or the locator's when it picks the slices). ``combine`` overrides the bundle's.
     """
     bundle = load_bundle(bundle_path)
-    segmenters = {arm: Segmenter(bundle, device, use_classifier=(arm == "cascade")) for arm in arms}
+    segmenters = {arm: Segmenter(bundle, device, use_classifier=(arm == "cascade"), combine=combine) for arm in arms}
     rows = []
     iterator = cases
     if progress:
@@ -136,6 +139,8 @@ def main(argv=None) -> int:
     add_data_args(p)
     p.add_argument("--arms", default="cascade,alone", help="comma list of: cascade, alone")
     p.add_argument("--device", default="auto")
+    p.add_argument("--combine", action="append", default=[], metavar="KEY=VALUE",
+                   help="override how the bundle's networks combine, e.g. locator_weight=0.5 or tta_flip=true")
     p.add_argument("--out", required=True, help="folder for per_patient.csv and summary.md")
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)
@@ -145,13 +150,17 @@ def main(argv=None) -> int:
             raise GTVError(f"--arms takes a comma list of {', '.join(ARMS)}")
         data, cases = cases_from_args(args)
         t = time.perf_counter()
-        rows = evaluate_cases(args.bundle, cases, arms, args.device)
+        bundle = load_bundle(args.bundle)
+        combine = parse_combine(args.combine, bundle.combine) if args.combine else None
+        rows = evaluate_cases(args.bundle, cases, arms, args.device, combine=combine)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_rows(rows, out / "per_patient.csv")
-        bundle = load_bundle(args.bundle)
         meta = {"bundle": f"{Path(args.bundle).name} ({bundle.name} {bundle.version})",
-                "segmenter": bundle.segmenter.name, "classifier": bundle.classifier.name,
+                "segmenter": bundle.segmenter.name,
+                "classifier": bundle.classifier.name if bundle.classifier is not None else "none",
+                "locator": bundle.locator.name if bundle.locator is not None else "none",
+                "combine": json.dumps((combine or bundle.combine).to_dict()),
                 "threshold": f"{bundle.threshold:.4f}", "data": f"{data.layout} {data.root} target {data.target}",
                 "split": args.split, "patients": len(cases), "device": args.device,
                 "seconds": f"{time.perf_counter() - t:.0f}"}
