@@ -137,7 +137,9 @@ def test_anatomic_region_is_checked_when_a_bundle_is_built_and_loaded(tmp_path):
 
     with pytest.raises(GTVError, match="unknown anatomic region 'head and neck'"):
         _bundle().__class__(**{**_bundle().__dict__, "anatomic_region": "head and neck"})
-    parser_default = build_bundle.build.__defaults__[-1]
+    import inspect
+
+    parser_default = inspect.signature(build_bundle.build).parameters["anatomic_region"].default
     assert parser_default in ANATOMIC_REGIONS
     # A bundle file from before the check: refused when loaded, before any inference.
     good = tmp_path / "m.pt"

@@ -236,3 +236,29 @@ def test_a_small_locator_learns_on_phantoms_and_bundles_with_a_2d_segmenter(tmp_
     summary = trainer.fit()
     assert summary["best_metrics"]["val_dice"] > untrained + 0.2, (untrained, summary["best_metrics"])
     assert summary["throughput"]["memory_format"] == "channels_last_3d"
+
+
+def test_build_bundle_takes_a_network_from_a_bundle_and_a_locator_run(tmp_path, capsys):
+    from training import build_bundle
+
+    table = phantom_table(3, 0)
+    net = '{"name": "unet3d", "params": {"channels": [8, 16], "strides": [2]}}'
+    cfg = tiny_config(tmp_path / "loc", f"network={net}", 'coarse={"shape": [16, 32, 32]}', 'loss={"name": "dice_ce"}',
+                      "batch_size=2", "max_epochs=1", 'precision="fp32"', "augment.enabled=false")
+    Trainer(cfg, table, phantom_table(2, 50)).fit()
+    source = tmp_path / "hcf.pt"
+    seg_cfg = NetConfig("test_bright_segmenter", params={"level": 0.8})
+    cls_cfg = NetConfig("test_max_classifier", params={"level": 0.8})
+    save_bundle(ModelBundle.from_networks(build_network(cls_cfg), build_network(seg_cfg), name="hcf", version="1",
+                                          classifier=cls_cfg, segmenter=seg_cfg, preprocess=PreprocessSpec(size=64),
+                                          threshold=0.3), source)
+    out = tmp_path / "combined.pt"
+    assert build_bundle.main(["--segmenter", str(source), "--classifier", str(source), "--locator",
+                              str(tmp_path / "loc" / "run" / "best.pt"), "--out", str(out),
+                              "--combine", "gate=both", "--combine", "locator_weight=0.25"]) == 0
+    combined = load_bundle(out)
+    assert combined.threshold == 0.3 and combined.combine == CombineSpec(gate="both", locator_weight=0.25)
+    assert combined.coarse == CoarseSpec((16, 32, 32)) and combined.locator.name == "unet3d"
+    assert combined.provenance["segmenter"]["from_bundle"] == "hcf 1"
+    assert build_bundle.main(["--segmenter", str(source), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "needs a --classifier, a --locator, or both" in capsys.readouterr().err

@@ -18,23 +18,69 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from GTVAutoSegLib.bundle import ModelBundle, save_bundle
+from GTVAutoSegLib.bundle import ModelBundle, open_model, save_bundle
 from GTVAutoSegLib.cascade import CombineSpec
 from GTVAutoSegLib.coarse import CoarseSpec
 from GTVAutoSegLib.errors import GTVError
-from GTVAutoSegLib.models import DENSE_KINDS, SEGMENTER_KINDS, build_network
+from GTVAutoSegLib.models import DENSE_KINDS, SEGMENTER_KINDS, NetConfig, build_network, network_kind
+from GTVAutoSegLib.preprocessing import PreprocessSpec
 from GTVAutoSegLib.segfile import ANATOMIC_REGIONS
 
 from .train import git_commit, load_best
 
 
-def _network(best: dict):
-    net = build_network(best["config"].network)
-    net.load_state_dict(best["model"], strict=True)
-    return net
+@dataclass
+class Part:
+    """One network for the bundle, from a training run's ``best.pt`` or taken from a bundle."""
+
+    kind: str
+    network: NetConfig
+    state: dict
+    preprocess: PreprocessSpec
+    context: int
+    coarse: CoarseSpec
+    target: str
+    provenance: dict
+    val_threshold: float | None = None
+
+    def module(self):
+        net = build_network(self.network)
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state.items()}, strict=True)
+        return net
+
+
+def _from_run(path: Path) -> Part:
+    best = load_best(path)
+    cfg = best["config"]
+    return Part(cfg.kind, cfg.network, best["model"], cfg.preprocess, cfg.context_slices, cfg.coarse, cfg.data.target,
+                _provenance(path, best), best["metrics"].get("val_threshold"))
+
+
+def _from_bundle(source: str, role: str) -> Part:
+    bundle = open_model(source)
+    cfg = getattr(bundle, role)
+    if cfg is None:
+        raise GTVError(f"model {source} has no {role}")
+    context = {"classifier": bundle.classifier_context, "segmenter": bundle.segmenter_context}.get(role, 1)
+    provenance = {"from_bundle": f"{bundle.name} {bundle.version}", **bundle.provenance.get(role, {})}
+    return Part(network_kind(cfg.name), cfg, getattr(bundle, f"{role}_state"), bundle.preprocess, context,
+                bundle.coarse, bundle.target, provenance, bundle.threshold if role == "classifier" else None)
+
+
+def load_part(source: str | Path, role: str) -> Part:
+    """``source``: a run's ``best.pt``, or a bundle (a listed model name or a bundle file) whose
+    ``role`` network is taken as it is."""
+    path = Path(source)
+    if path.is_file():
+        try:
+            return _from_run(path)
+        except GTVError:
+            pass  # not a training checkpoint: a bundle file, or nothing (open_model says which)
+    return _from_bundle(str(source), role)
 
 
 def _provenance(path: Path, best: dict) -> dict:
@@ -76,26 +122,23 @@ def build(classifier_ckpt: str | Path | None, segmenter_ckpt: str | Path, out: s
           threshold: float | None = None, half: bool = False, target: str | None = None,
           anatomic_region: str = "head_and_neck", locator_ckpt: str | Path | None = None,
           combine: CombineSpec | None = None) -> tuple[ModelBundle, str]:
-    """Write the bundle; returns it and the file's SHA-256."""
-    runs = {"segmenter": Path(segmenter_ckpt)}
-    if classifier_ckpt is not None:
-        runs["classifier"] = Path(classifier_ckpt)
-    if locator_ckpt is not None:
-        runs["locator"] = Path(locator_ckpt)
-    best = {role: load_best(path) for role, path in runs.items()}
+    """Write the bundle; returns it and the file's SHA-256. Each network comes from a run's
+    ``best.pt`` or from an existing bundle (see :func:`load_part`)."""
+    sources = {"segmenter": segmenter_ckpt, "classifier": classifier_ckpt, "locator": locator_ckpt}
+    parts = {role: load_part(src, role) for role, src in sources.items() if src is not None}
     wanted = {"classifier": ("classifier",), "segmenter": SEGMENTER_KINDS, "locator": ("locator3d",)}
-    for role, b in best.items():
-        if b["config"].kind not in wanted[role]:
-            raise GTVError(f"{runs[role]} holds a {b['config'].kind}, not a {role}")
-    spec = best["segmenter"]["config"].preprocess
-    for role, b in best.items():
-        if b["config"].preprocess.to_dict() != spec.to_dict():
+    for role, part in parts.items():
+        if part.kind not in wanted[role]:
+            raise GTVError(f"{sources[role]} holds a {part.kind}, not a {role}")
+    spec = parts["segmenter"].preprocess
+    for role, part in parts.items():
+        if part.preprocess.to_dict() != spec.to_dict():
             raise GTVError(f"the {role} and the segmenter were trained with different preprocessing "
-                           f"({b['config'].preprocess.to_dict()} vs {spec.to_dict()}); one bundle holds one spec")
-    combine = combine or CombineSpec(gate="classifier" if "classifier" in best else "locator")
-    cls_best = best.get("classifier")
+                           f"({part.preprocess.to_dict()} vs {spec.to_dict()}); one bundle holds one spec")
+    cls, loc = parts.get("classifier"), parts.get("locator")
+    combine = combine or CombineSpec(gate="classifier" if cls else "locator")
     if threshold is None:
-        threshold = float(cls_best["metrics"].get("val_threshold", 0.5)) if cls_best else 0.5
+        threshold = float(cls.val_threshold) if cls and cls.val_threshold is not None else 0.5
     if not 0.0 <= threshold <= 1.0:
         raise GTVError(f"threshold must lie in [0, 1], got {threshold}")
     provenance = {
@@ -103,22 +146,17 @@ def build(classifier_ckpt: str | Path | None, segmenter_ckpt: str | Path, out: s
         "git_commit": git_commit(),
         "weights": "fp16" if half else "fp32",
         "threshold_source": ("classifier validation operating point"
-                             if cls_best and threshold == cls_best["metrics"].get("val_threshold") else "given"),
-        **{role: _provenance(runs[role], b) for role, b in best.items()},
+                             if cls and threshold == cls.val_threshold else "given"),
+        **{role: part.provenance for role, part in parts.items()},
     }
+    seg = parts["segmenter"]
     bundle = ModelBundle.from_networks(
-        _network(cls_best) if cls_best else None, _network(best["segmenter"]),
-        locator_net=_network(best["locator"]) if "locator" in best else None,
+        cls.module() if cls else None, seg.module(), locator_net=loc.module() if loc else None,
         name=name, version=version,
-        classifier=cls_best["config"].network if cls_best else None,
-        segmenter=best["segmenter"]["config"].network,
-        locator=best["locator"]["config"].network if "locator" in best else None,
-        coarse=best["locator"]["config"].coarse if "locator" in best else CoarseSpec(),
-        combine=combine,
-        classifier_context=cls_best["config"].context_slices if cls_best else 1,
-        segmenter_context=best["segmenter"]["config"].context_slices,
-        preprocess=spec, threshold=threshold,
-        target=target or best["segmenter"]["config"].data.target, anatomic_region=anatomic_region,
+        classifier=cls.network if cls else None, segmenter=seg.network, locator=loc.network if loc else None,
+        coarse=loc.coarse if loc else CoarseSpec(), combine=combine,
+        classifier_context=cls.context if cls else 1, segmenter_context=seg.context,
+        preprocess=spec, threshold=threshold, target=target or seg.target, anatomic_region=anatomic_region,
         provenance=provenance,
     )
     out = Path(out)
@@ -128,9 +166,10 @@ def build(classifier_ckpt: str | Path | None, segmenter_ckpt: str | Path, out: s
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.build_bundle", description=__doc__.splitlines()[0])
-    p.add_argument("--classifier", help="the classifier run's best.pt (none: the locator picks the slices)")
-    p.add_argument("--segmenter", required=True, help="the segmenter run's best.pt")
-    p.add_argument("--locator", help="the 3D locator run's best.pt")
+    p.add_argument("--classifier", help="the classifier run's best.pt, or a bundle whose classifier to take "
+                                        "(none: the locator picks the slices)")
+    p.add_argument("--segmenter", required=True, help="the segmenter run's best.pt, or a bundle whose segmenter to take")
+    p.add_argument("--locator", help="the 3D locator run's best.pt, or a bundle whose locator to take")
     p.add_argument("--combine", action="append", default=[], metavar="KEY=VALUE",
                    help="how the networks combine (GTVAutoSegLib.cascade.CombineSpec), e.g. gate=locator, "
                         "locator_weight=0.5, region_margin_mm=10, tta_flip=true")
