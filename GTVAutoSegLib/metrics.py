@@ -223,3 +223,30 @@ def summarise(rows: list[dict]) -> dict:
             "n_nan": int(np.isnan(values).sum()),
         }
     return out
+
+
+def paired_bootstrap(a, b, n_resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of the paired difference ``a - b`` over cases and its percentile bootstrap interval.
+
+    The cases (e.g. patients) are resampled with replacement, so the interval says how sure the
+    difference is given how much it varies from case to case.
+
+    Args:
+        a, b: per-case values of two methods, same cases in the same order (NaN pairs are dropped).
+        n_resamples: bootstrap resamples; seeded, so a table regenerates identically.
+        level: coverage of the interval.
+
+    Returns:
+        ``{"mean": ..., "low": ..., "high": ..., "n": cases}``.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same cases, got {a.shape} and {b.shape}")
+    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    if d.size == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    idx = np.random.default_rng(seed).integers(0, d.size, size=(n_resamples, d.size))
+    means = d[idx].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "n": int(d.size)}

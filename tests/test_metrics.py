@@ -179,3 +179,22 @@ def test_summarise_ignores_inf_and_counts_it():
     assert (s["hd95_mm"]["n"], s["hd95_mm"]["n_inf"]) == (2, 1)
     assert s["fp_slices"]["mean"] == pytest.approx(2.0)
     assert math.isnan(summarise([{"hd95_mm": math.inf}])["hd95_mm"]["mean"])
+
+
+def test_paired_bootstrap_interval():
+    from GTVAutoSegLib.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    a = rng.random(33)
+    same = paired_bootstrap(a, a)
+    assert same["mean"] == same["low"] == same["high"] == 0.0 and same["n"] == 33
+    shifted = paired_bootstrap(a + 0.1, a)
+    assert shifted["low"] == pytest.approx(0.1) and shifted["high"] == pytest.approx(0.1)
+    noisy = paired_bootstrap(a + 0.05 + rng.normal(0, 0.05, 33), a)
+    assert noisy["low"] < noisy["mean"] < noisy["high"] and noisy["low"] > 0  # clearly better
+    unclear = paired_bootstrap(a + rng.normal(0, 0.2, 33), a)
+    assert unclear["low"] < 0 < unclear["high"]
+    assert paired_bootstrap(a, a, seed=0) == paired_bootstrap(a, a, seed=0)
+    assert paired_bootstrap([np.nan, 1.0], [0.5, 0.5])["n"] == 1
+    with pytest.raises(ValueError):
+        paired_bootstrap(a, a[:5])
