@@ -45,8 +45,9 @@ class Variant:
         label: what the row is, in words.
         bundle: model name or bundle path (relative to the project root).
         combine: ``KEY=VALUE`` overrides of the bundle's combination.
-        runs: training run folders whose ``summary.json`` wall times add up to the training minutes.
-        train_minutes: given instead of ``runs`` for a model trained before runs kept their summary.
+        runs: training run folders whose ``summary.json`` wall times count as training minutes.
+        train_minutes: minutes added to those of ``runs``, for networks trained before runs kept
+            their summary (the shipped 0.1.0 networks).
         commands: how the bundle was made (training and bundling), shown with the row.
         note: anything the reader needs to compare the row fairly.
     """
@@ -67,15 +68,16 @@ class Variant:
         return resolve_model(self.bundle)[0]
 
     def training_minutes(self) -> float:
-        if self.train_minutes is not None:
-            return float(self.train_minutes)
-        total = 0.0
+        """``train_minutes`` plus the wall time of every run (NaN when neither is known)."""
+        if self.train_minutes is None and not self.runs:
+            return math.nan
+        total = float(self.train_minutes or 0.0)
         for run in self.runs:
             summary = ROOT / run / "summary.json"
             if not summary.is_file():
                 return math.nan
             total += json.loads(summary.read_text())["wall_seconds"] / 60
-        return total if self.runs else math.nan
+        return total
 
 
 def load_variants(path: str | Path) -> tuple[str, list[Variant]]:
