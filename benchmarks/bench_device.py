@@ -128,14 +128,13 @@ def main(argv=None) -> int:
           flush=True)
 
     report["floor"] = forward_floor(seg, args.slices, args.tumour_slices, args.size, max(args.repeats, 10))
-    select_slices(seg, ct, args.tumour_slices)
-    report["pipeline"] = time_stages(seg, ct, args.repeats, with_files=files)
+    chosen = select_slices(ct, args.tumour_slices)
+    report["pipeline"] = time_stages(seg, ct, args.repeats, with_files=files, selection=chosen)
     if args.model:
         trained = build_segmenter(args.model, 512, args.device)
-        select_slices(trained, ct, args.tumour_slices)
         report["pipeline_model"] = {"model": f"{trained.bundle.name} {trained.bundle.version}",
                                     "size": trained.bundle.preprocess.size,
-                                    **time_stages(trained, ct, args.repeats, with_files=files)}
+                                    **time_stages(trained, ct, args.repeats, with_files=files, selection=chosen)}
     print(f"pipeline done ({report['pipeline']['total']:.3f} s per CT)", flush=True)
     report["memory"] = peak_memory(seg, tiled_ct(ct, args.memory_slices))
     print(f"memory check done ({report['memory']['seconds']:.1f} s)", flush=True)

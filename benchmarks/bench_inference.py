@@ -1,10 +1,10 @@
 """Per-stage wall time of one CT through the whole pipeline (not a test; prints a Markdown row).
 
 A 150-slice 512 x 512 synthetic CT (the library's phantom, tumour on 30 slices) is written to
-NIfTI, then read -> preprocess -> classifier -> segmenter -> inverse -> write, timed per stage
-after one warm-up run. With ``--model`` the given bundle is used; otherwise an untrained bundle at
-``--size``. Weights do not change the cost but the number of selected slices does, so in both
-cases the threshold is set to select exactly the phantom's tumour-slice count, as a typical case.
+NIfTI, then read -> preprocess -> [locator] -> classifier -> segmenter -> inverse -> write, timed
+per stage after one warm-up run. With ``--model`` the given bundle is used; otherwise an untrained
+bundle at ``--size``. Weights do not change the cost but the number of selected slices does, so in
+both cases the segmenter gets exactly ``--tumour-slices`` slices, as a typical case.
 
     python benchmarks/bench_inference.py --device cpu --size 512
     python benchmarks/bench_inference.py --device cuda --size 512 --repeats 5
@@ -27,7 +27,8 @@ from GTVAutoSegLib.image import Image, sitk
 from GTVAutoSegLib.models import NetConfig, build_network
 from GTVAutoSegLib.phantom import make_phantom
 from GTVAutoSegLib.pipeline import Segmenter
-from GTVAutoSegLib.preprocessing import PreprocessSpec, prepare
+from GTVAutoSegLib.preprocessing import PreprocessSpec
+from GTVAutoSegLib.slices import SliceSelection
 
 
 def machine_name(device: torch.device) -> str:
@@ -47,18 +48,21 @@ def build_segmenter(model: str | None, size: int, device: str) -> Segmenter:
     return Segmenter(bundle, device=device)
 
 
-def select_slices(seg: Segmenter, ct: Image, count: int) -> None:
-    """Set the threshold so that the segmenter gets exactly ``count`` slices of ``ct``.
+def select_slices(ct: Image, count: int) -> SliceSelection:
+    """Exactly ``count`` slices in the middle of ``ct`` for the segmenter, whatever picks them.
 
     Cost depends on how many slices the segmenter gets: a real model does not recognise the
-    phantom's tumour and an untrained one is random, so select as many as a typical case has.
+    phantom's tumour and an untrained one is random, so select as many as a typical case has. The
+    model's own slice picker (classifier or locator) still runs; only its decision is overridden.
     """
-    slices, _ = prepare(ct, seg.bundle.preprocess)
-    probs = seg.cascade.classify(slices)
-    seg.threshold = float(np.sort(probs)[::-1][count - 1]) if count > 0 else float("inf")
+    z = ct.array.shape[0]
+    first = max(0, z // 2 - count // 2)
+    chosen = set(range(first, min(z, first + count)))
+    return SliceSelection.of(include=chosen, exclude=set(range(z)) - chosen)
 
 
-def time_stages(seg: Segmenter, ct: Image, repeats: int, with_files: bool = True) -> dict[str, float]:
+def time_stages(seg: Segmenter, ct: Image, repeats: int, with_files: bool = True,
+                selection: SliceSelection | None = None) -> dict[str, float]:
     """Median seconds per stage over ``repeats`` runs after one warm-up (allocator, cuDNN autotune).
 
     With ``with_files`` the CT is read from NIfTI and the result written as ``.seg.nrrd`` (needs
@@ -73,7 +77,7 @@ def time_stages(seg: Segmenter, ct: Image, repeats: int, with_files: bool = True
             t0 = time.perf_counter()
             image = io.read_ct(src) if with_files else ct
             t_read = time.perf_counter() - t0
-            result = seg(image)
+            result = seg(image, selection=selection)
             t = time.perf_counter()
             if with_files:
                 io.write_seg_nrrd(result.mask, Path(tmp) / "out.seg.nrrd")
@@ -99,11 +103,11 @@ def main() -> None:
     ct, _ = make_phantom(shape=(args.slices, 512, 512), spacing=(0.98, 0.98, 2.5), seed=0,
                          tumour_slices=args.tumour_slices)
     seg = build_segmenter(args.model, args.size, args.device)
-    select_slices(seg, ct, args.tumour_slices)
-    med = time_stages(seg, ct, args.repeats)
+    med = time_stages(seg, ct, args.repeats, selection=select_slices(ct, args.tumour_slices))
     print(f"machine: {machine_name(seg.device)}; torch {torch.__version__}; model input {seg.bundle.preprocess.size}; "
           f"{args.slices} x 512 x 512 CT; segmenter on {int(med['segmented'])} slices; median of {args.repeats}")
-    stages = ["read", "preprocess", "classifier", "segmenter", "inverse", "write", "total"]
+    stages = [k for k in ("read", "preprocess", "locator", "classifier", "segmenter", "inverse", "write", "total")
+              if k in med]
     print("| " + " | ".join(stages) + " |")
     print("|" + "---|" * len(stages))
     print("| " + " | ".join(f"{med[s]:.3f} s" for s in stages) + " |")
