@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -310,7 +309,8 @@ def test_cancel_mid_run_leaves_output_untouched_and_no_process(bundles, tmp_path
                         onFinished=finished.append)
     assert run.status == RunStatus.RUNNING and logic.isRunning()
     pid = run.pid
-    workDirs = list(Path(tempfile.gettempdir()).glob("GTVAutoSeg-*"))
+    workDir = logic._active.workDir  # this run's private folder (other test runs may make their own)
+    assert workDir.is_dir()
     deadline = time.monotonic() + 120
     while not {"preprocess", "classifier", "segmenter"} & set(progress):
         assert logic.poll(), f"the run ended before it could be cancelled: {run.message}"
@@ -335,7 +335,7 @@ def test_cancel_mid_run_leaves_output_untouched_and_no_process(bundles, tmp_path
     assert scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 0
     assert run.segmentationNode is None
     # The private working folder is gone.
-    assert not [d for d in Path(tempfile.gettempdir()).glob("GTVAutoSeg-*") if d not in workDirs]
+    assert not workDir.exists()
 
 
 def test_terminate_tree_ends_grandchildren():

@@ -339,7 +339,7 @@ def test_init_from_a_run_or_a_bundle_loads_its_weights_and_refuses_a_mismatch(tm
         assert torch.allclose(v.float(), trained[k].float(), rtol=1e-3, atol=1e-3), k
 
     (tmp_path / "broken.pt").write_bytes((tmp_path / "hcf.pt").read_bytes()[:1000])
-    with pytest.raises(GTVError, match="cannot load model file broken.pt"):
+    with pytest.raises(GTVError, match="broken.pt is not a GTVAutoSeg model bundle"):
         third.init_weights(str(tmp_path / "broken.pt"))
     with pytest.raises(GTVError, match="neither a listed model"):
         third.init_weights(str(tmp_path / "nowhere.pt"))

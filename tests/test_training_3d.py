@@ -75,5 +75,5 @@ def test_vnet_trains_validates_and_segments_through_the_library(tmp_path):
 
 
 def test_3d_config_refuses_2d_augmentation():
-    with pytest.raises(GTVError, match="augmentation is 2D only"):
+    with pytest.raises(GTVError, match="augmentation of 3D patches is not implemented"):
         load_config(None, ['network={"name": "vnet"}'])
