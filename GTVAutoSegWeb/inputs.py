@@ -167,7 +167,8 @@ class DataFolder:
 
     def _scan(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
-        for folder, dirs, files in os.walk(self.root):
+        # Links are followed (patient folders are often linked in); the depth limit ends any loop.
+        for folder, dirs, files in os.walk(self.root, followlinks=True):
             here = Path(folder)
             depth = len(here.relative_to(self.root).parts)
             dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < DATA_LIST_DEPTH else []

@@ -8,13 +8,12 @@ cancelling, the review list and slice re-segmentation are the Slicer module's ow
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from GTVAutoSegSlicerLib import GTVAutoSegError, SegmentationLogic, SegmentationParameters, sliceChanges
-from GTVAutoSegSlicerLib.nodes import SEGMENT_ID_ATTRIBUTE, loadVolume, probabilityTableFor, segmentArray, sliceCentresRas
+from GTVAutoSegSlicerLib.nodes import SEGMENT_ID_ATTRIBUTE, probabilityTableFor, segmentArray, sliceCentresRas
 from GTVAutoSegSlicerLib.results import TARGET_ATTRIBUTE
 from GTVAutoSegSlicerLib.review import ReviewSlice
 from slicer import vtkMRMLSliceNode
@@ -28,6 +27,7 @@ from trame_slicer.segmentation import (
 from undo_stack import UndoStack
 
 from GTVAutoSegLib.errors import GTVError
+from GTVAutoSegLib.image import Image
 
 from .inputs import LoadedCT
 
@@ -62,6 +62,36 @@ class SegmentSummary:
         return f"{self.name}: {self.voxels:,} voxels, {self.cc:.2f} cc"
 
 
+def volumeNodeFromImage(scene, image: Image, name: str):
+    """A scalar volume node holding ``image`` with its own voxel order and geometry.
+
+    Built directly rather than through Slicer's file reader, which may store the slices in the
+    opposite order (an OpenKBP CT, slice direction -z, comes back with K = 127 - k): here the node's
+    K is the file's slice index, so the review list, ``--include-slices`` and the saved files all
+    count slices as ``gtvautoseg segment`` does.
+    """
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    array = np.ascontiguousarray(image.array)
+    data = vtk.vtkImageData()
+    data.SetDimensions(*array.shape[::-1])
+    data.GetPointData().SetScalars(numpy_to_vtk(array.ravel(), deep=True))
+    lpsToRas = np.diag([-1.0, -1.0, 1.0])
+    direction = np.array(image.direction, float).reshape(3, 3)
+    ijkToRas = np.eye(4)
+    ijkToRas[:3, :3] = lpsToRas @ direction @ np.diag(image.spacing)
+    ijkToRas[:3, 3] = lpsToRas @ np.array(image.origin, float)
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, ijkToRas[r, c])
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    volume.SetAndObserveImageData(data)
+    volume.SetIJKToRASMatrix(matrix)
+    return volume
+
+
 class Session:
     """One user's CT and result on a trame-slicer ``SlicerApp``.
 
@@ -90,16 +120,7 @@ class Session:
     def showCt(self, loaded: LoadedCT) -> None:
         """Replace the scene's CT (and any result on it) by ``loaded`` and show it in every view."""
         self._checkIdle()
-        with tempfile.TemporaryDirectory(prefix="GTVAutoSeg-web-") as tmp:
-            import SimpleITK as sitk
-
-            path = Path(tmp) / "ct.nrrd"
-            sitk.WriteImage(loaded.image.to_sitk(), str(path))
-            volume = loadVolume(self.scene, path, loaded.name)
-        # The temporary file is gone; nothing may point at it.
-        storage = volume.GetStorageNode()
-        volume.SetAndObserveStorageNodeID(None)
-        self.scene.RemoveNode(storage)
+        volume = volumeNodeFromImage(self.scene, loaded.image, loaded.name)
         self._removeResult()
         if self.volume is not None:
             self.scene.RemoveNode(self.volume)

@@ -122,8 +122,9 @@ def test_the_data_folder_offers_only_what_it_listed(tmp_path):
     (tmp_path / "series").mkdir()
     (tmp_path / "series" / "a.dcm").write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "linked").symlink_to(tmp_path / "pt_1", target_is_directory=True)
     data = DataFolder(tmp_path)
-    assert data.items() == ["pt_1/ct.nii.gz", "series/"]
+    assert data.items() == ["linked/ct.nii.gz", "pt_1/ct.nii.gz", "series/"]
     assert data.path("pt_1/ct.nii.gz") == (tmp_path.resolve() / "pt_1" / "ct.nii.gz", "pt_1")
     for key in ("../secret.nii.gz", "/etc/passwd", "notes.txt", "pt_1/ct.seg.nrrd"):
         with pytest.raises(GTVError, match="not a CT in the server's data folder"):
