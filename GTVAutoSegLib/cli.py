@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="model name from Resources/Models.json or a bundle path (default: the default model)")
     s.add_argument("--device", default="auto", type=_device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
     s.add_argument("--threshold", type=_probability, default=None,
-                   help="classifier probability threshold in [0, 1] (default: the model's)")
+                   help="slice probability threshold in [0, 1]: the classifier's, or the locator's for a model "
+                        "whose 3D locator picks the slices (default: the model's)")
     s.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest 3D components (0 keeps all)")
     s.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice (no cascade)")
     s.add_argument("--include-slices", metavar="LIST", help="also segment these slices (e.g. 12,14-17; K indices from 0)")

@@ -98,6 +98,7 @@ def test_the_locator_picks_the_slices_and_the_classifier_never_runs():
     assert seg.calls == 4 and result.seg_probs[~result.selected].max() == 0
     assert set(result.timings) == {"locator", "classifier", "segmenter"}
     assert result.slice_probs[5] > 0.9 and result.slice_probs[0] < 0.1  # the locator's view, for review
+    assert cascade(x, threshold=1.01).selected.sum() == 0  # the model's threshold gates the locator's view
 
     both = Cascade(MaxClassifier(0.8), BrightSegmenter(0.8), CPU, locator=_locator(), coarse=COARSE,
                    combine=CombineSpec(gate="both", locator_margin=1))

@@ -46,17 +46,17 @@ def metric_row(patient: str, arm: str, mask, ref) -> dict:
 
 def evaluate_cases(bundle_path: str | Path, cases: list[CaseRef], arms=ARMS, device: str = "auto",
                    progress: bool = True, combine: CombineSpec | None = None,
-                   postprocess: PostprocessSpec | None = None) -> list[dict]:
+                   postprocess: PostprocessSpec | None = None, threshold: float | None = None) -> list[dict]:
     """One row per case and arm.
 
     ``fp_slices`` / ``fn_slices`` count slices of the final mask with no reference tumour / reference
     slices the mask misses; ``classifier_*`` score the slice selection (cascade arm only: the
-    classifier's, or the locator's when it picks the slices). ``combine`` and ``postprocess``
-    override the bundle's.
+    classifier's, or the locator's when it picks the slices). ``combine``, ``postprocess`` and the
+    slice gate's ``threshold`` override the bundle's.
     """
     bundle = load_bundle(bundle_path)
-    segmenters = {arm: Segmenter(bundle, device, use_classifier=(arm == "cascade"), combine=combine,
-                                 postprocess=postprocess) for arm in arms}
+    segmenters = {arm: Segmenter(bundle, device, threshold=threshold, use_classifier=(arm == "cascade"),
+                                 combine=combine, postprocess=postprocess) for arm in arms}
     rows = []
     iterator = cases
     if progress:
