@@ -340,9 +340,13 @@ class Cascade:
 def located_slices(prior: np.ndarray, threshold: float, margin: int) -> np.ndarray:
     """``(Z,)`` bool: slices whose highest locator probability reaches ``threshold``, widened by
     ``margin`` slices on each side."""
-    hit = prior.reshape(prior.shape[0], -1).max(1) >= threshold
+    return widen(prior.reshape(prior.shape[0], -1).max(1) >= threshold, margin)
+
+
+def widen(hit: np.ndarray, margin: int) -> np.ndarray:
+    """``(Z,)`` bool slices with ``margin`` more slices on each side of every selected one."""
     if margin > 0 and hit.any():
-        hit = np.convolve(hit.astype(np.int32), np.ones(2 * margin + 1, np.int32), mode="same") > 0
+        return np.convolve(hit.astype(np.int32), np.ones(2 * margin + 1, np.int32), mode="same") > 0
     return hit
 
 
