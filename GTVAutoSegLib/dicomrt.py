@@ -83,7 +83,7 @@ def check_source(source: DicomSource | None, what: str) -> DicomSource:
     """
     if source is None:
         raise GTVError(f"{what} is not a DICOM series, so a DICOM SEG or RTSTRUCT has no series to reference; "
-                       "give the source DICOM folder with --dicom-reference")
+                       "segment the DICOM series it was converted from")
     fields = {"StudyInstanceUID": source.study_instance_uid, "SeriesInstanceUID": source.series_instance_uid,
               "FrameOfReferenceUID": source.frame_of_reference_uid, "SOPClassUID": source.sop_class_uid}
     for keyword, uid in fields.items():
