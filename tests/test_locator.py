@@ -213,8 +213,24 @@ def test_bundle_format_2_round_trip_without_a_classifier(tmp_path):
 
 
 def test_the_shipped_format_1_bundle_still_loads_as_a_plain_cascade():
-    bundle = open_model(None)
+    bundle = open_model("hcf-openkbp-ptv70@0.1.0")
     assert bundle.locator is None and bundle.combine == CombineSpec() and bundle.segmenter_context == 1
+
+
+def test_the_default_model_is_0_2_0_and_segments_a_real_ct(shared_data):
+    """The shipped 0.2.0 end to end on OpenKBP validation patient pt_201 (Dice 0.575 in the
+    model-selection table): locator gate, 2.5D U-Net, the average, the inverse onto the CT's grid."""
+    from GTVAutoSegLib.metrics import dice
+    from training.data import load_case, openkbp_cases
+
+    bundle = open_model(None)
+    assert (bundle.version, bundle.classifier, bundle.combine.gate, bundle.threshold) == ("0.2.0", None, "locator", 0.9)
+    case = next(c for c in openkbp_cases(shared_data / "openkbp", "validation") if c.patient == "pt_201")
+    ct, ref = load_case(case)
+    result = Segmenter(bundle, "cpu")(ct)
+    assert result.mask.same_grid(ct)
+    assert dice(result.mask.array, ref.array) == pytest.approx(0.575, abs=0.01)
+    assert (result.slice_probs[result.selected] >= 0.9).all() and (result.slice_probs[~result.selected] < 0.9).all()
 
 
 # ------------------------------------------------------------------------------------ training
