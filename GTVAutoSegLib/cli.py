@@ -196,7 +196,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 write_json(report, tmp["report"])
             progress("write", 1.0)
             progress.close()
-            line = (f"{name}: GTV {report['volume_cc']:.1f} cc on {report['slices_segmented']}/"
+            line = (f"{name}: {bundle.target} {report['volume_cc']:.1f} cc on {report['slices_segmented']}/"
                     f"{report['slices_total']} slices in {timings['total']:.2f} s -> "
                     f"{', '.join(str(targets[f]) for f in formats)}")
             if reference is not None:

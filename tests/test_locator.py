@@ -218,7 +218,7 @@ def test_the_shipped_format_1_bundle_still_loads_as_a_plain_cascade():
 
 
 def test_the_default_model_is_0_2_0_and_segments_a_real_ct(shared_data):
-    """The shipped 0.2.0 end to end on OpenKBP validation patient pt_201 (Dice 0.575 in the
+    """The shipped 0.2.0 end to end on OpenKBP validation patient pt_201 (Dice 0.572 in the
     model-selection table): locator gate, 2.5D U-Net, the average, the inverse onto the CT's grid."""
     from GTVAutoSegLib.metrics import dice
     from training.data import load_case, openkbp_cases
@@ -229,7 +229,7 @@ def test_the_default_model_is_0_2_0_and_segments_a_real_ct(shared_data):
     ct, ref = load_case(case)
     result = Segmenter(bundle, "cpu")(ct)
     assert result.mask.same_grid(ct)
-    assert dice(result.mask.array, ref.array) == pytest.approx(0.575, abs=0.01)
+    assert dice(result.mask.array, ref.array) == pytest.approx(0.572, abs=0.005)
     assert (result.slice_probs[result.selected] >= 0.9).all() and (result.slice_probs[~result.selected] < 0.9).all()
 
 
