@@ -38,7 +38,8 @@ from GTVAutoSegSlicerLib import (
     SegmentationRun,
     sliceChanges,
 )
-from GTVAutoSegSlicerLib.dependencies import ensureDependencies, isInteractive, missingRequirements
+from GTVAutoSegSlicerLib.dependencies import (ensureDependencies, ensureExportDependencies, isInteractive,
+                                               missingRequirements)
 from GTVAutoSegSlicerLib.modelchoice import ModelChoice
 from GTVAutoSegSlicerLib.models import listModels, modelsJsonPath
 
@@ -135,6 +136,7 @@ class GTVAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.timeout.connect(self._poll)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.ui.resegmentButton.clicked.connect(self.onResegmentButton)
+        self.ui.exportDicomButton.clicked.connect(self.onExportDicomButton)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelSelected)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceSelected)
         self.ui.show3DCheckBox.toggled.connect(self.onShow3DToggled)
@@ -418,6 +420,30 @@ class GTVAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateResegmentButton(self) -> None:
         include, exclude = sliceChanges(self._reviewItems, self._tickedSlices()) if self._reviewItems else ([], [])
         self.ui.resegmentButton.enabled = bool(include or exclude) and not self.logic.isRunning()
+        node = self._parameterNode
+        self.ui.exportDicomButton.enabled = (node is not None and node.outputSegmentation is not None
+                                             and not self.logic.isRunning())
+
+    def onExportDicomButton(self) -> None:
+        segmentation = self._parameterNode.outputSegmentation
+        outputFolder = qt.QFileDialog.getExistingDirectory(self.parent, _("Folder for the DICOM SEG and RTSTRUCT"))
+        if not outputFolder:
+            return
+        dicomFolder = None
+        if not self.logic.knowsDicomSeries(segmentation):
+            dicomFolder = qt.QFileDialog.getExistingDirectory(self.parent, _("DICOM folder of the CT series"))
+            if not dicomFolder:
+                return
+        with slicer.util.tryWithErrorDisplay(_("GTVAutoSeg could not export DICOM."), waitCursor=True):
+            try:
+                ensureExportDependencies(confirm=self._confirm, log=self._log)
+                written = self.logic.exportDicom(segmentation, outputFolder, dicomFolder=dicomFolder)
+            except GTVAutoSegError as exc:
+                self._setStatus(str(exc), error=True)
+                return
+            self._setStatus(_("Exported {files}").format(files=", ".join(p.name for p in written)))
+            for path in written:
+                self._log(str(path))
 
     def onReviewItemClicked(self, item) -> None:
         r, a, s = item.data(qt.Qt.UserRole)

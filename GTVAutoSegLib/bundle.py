@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .cascade import CombineSpec
-from .catalog import MODELS_JSON, ModelEntry, list_models  # noqa: F401  (re-exported)
+from .catalog import MODELS_JSON, ModelEntry, list_models, newest  # noqa: F401  (re-exported)
 from .coarse import CoarseSpec
 from .errors import GTVError
 from .inputcheck import check_input_path
@@ -241,8 +241,9 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBu
 def resolve_model(name_or_path: str | None, models_json: str | Path = MODELS_JSON) -> tuple[Path, str | None, ModelEntry | None]:
     """Turn ``--model`` into a file path and the hash it must have.
 
-    ``None`` picks the default entry of Models.json; a listed name picks that entry (its hash is
-    enforced); anything else is taken as a path to a bundle file. A path that is one of the
+    ``None`` picks the default entry of Models.json; ``name@version`` picks that entry and a bare
+    listed name its default (else newest) version, with the entry's hash enforced; anything else
+    is taken as a path to a bundle file. A path that is one of the
     listed files is held to that entry's hash too.
     """
     models_json = Path(models_json)
@@ -255,8 +256,12 @@ def resolve_model(name_or_path: str | None, models_json: str | Path = MODELS_JSO
         e = defaults[0]
         return e.fetch(resources), e.sha256, e
     for e in entries:
-        if name_or_path in (e.name, f"{e.name}@{e.version}"):
+        if name_or_path == e.key:
             return e.fetch(resources), e.sha256, e
+    same_name = [e for e in entries if e.name == name_or_path]
+    if same_name:  # a bare name: its default version, else its newest
+        e = newest(same_name)
+        return e.fetch(resources), e.sha256, e
     path = Path(name_or_path)
     for e in entries:
         if path.exists() and e.path(resources).exists() and path.resolve() == e.path(resources).resolve():

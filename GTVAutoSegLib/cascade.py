@@ -35,10 +35,12 @@ class CombineSpec:
     """How the networks of a model make one result. Stored in the model bundle.
 
     Args:
-        gate: which slices are segmented: ``classifier`` (its probability >= the threshold: the
-            paper's cascade), ``locator`` (slices where the 3D locator finds target), ``both``
-            (both must agree) or ``none`` (every slice).
-        locator_threshold: a slice is located when its highest locator probability reaches this.
+        gate: which slices are segmented: ``classifier`` (its probability >= the model's threshold:
+            the paper's cascade), ``locator`` (the locator's highest probability on the slice >=
+            the model's threshold), ``both`` (both must agree) or ``none`` (every slice). Either
+            way the model's threshold applies to the slice probabilities that are reported for review.
+        locator_threshold: with gate ``both``, the locator's threshold (the classifier takes the
+            model's).
         locator_margin: slices added on each side of every located slice.
         locator_weight: on segmented slices, ``(1 - w) * p_2d + w * p_locator``; 1 uses the locator
             alone (the 2D segmenter then does not run), 0 the 2D segmenter alone.
@@ -287,7 +289,8 @@ class Cascade:
                  cancel: CancelFn | None = None, use_classifier: bool = True,
                  select: Callable[[np.ndarray], np.ndarray] | None = None,
                  pixel_mm: tuple[float, float] = (1.0, 1.0)) -> CascadeResult:
-        """Locate, classify, select, segment the selection, combine.
+        """Locate, classify, select, segment the selection, combine. ``threshold``: the slice
+        gate's (the classifier's, or with gate ``locator`` the locator's).
 
         With ``use_classifier=False`` no slice is gated out (neither classifier nor locator picks
         slices; the classifier does not run): every slice is segmented (the "segmenter alone" arm).
@@ -309,7 +312,8 @@ class Cascade:
             self._sync()
             selected &= probs >= threshold
         if gate in ("locator", "both"):
-            selected &= located_slices(prior, c.locator_threshold, c.locator_margin)
+            selected &= located_slices(prior, threshold if gate == "locator" else c.locator_threshold,
+                                       c.locator_margin)
         if prior is not None and (self.classifier is None or gate == "locator"):
             probs = prior.reshape(z, -1).max(1)  # the locator's view of each slice, for review
         if select is not None:
@@ -336,9 +340,13 @@ class Cascade:
 def located_slices(prior: np.ndarray, threshold: float, margin: int) -> np.ndarray:
     """``(Z,)`` bool: slices whose highest locator probability reaches ``threshold``, widened by
     ``margin`` slices on each side."""
-    hit = prior.reshape(prior.shape[0], -1).max(1) >= threshold
+    return widen(prior.reshape(prior.shape[0], -1).max(1) >= threshold, margin)
+
+
+def widen(hit: np.ndarray, margin: int) -> np.ndarray:
+    """``(Z,)`` bool slices with ``margin`` more slices on each side of every selected one."""
     if margin > 0 and hit.any():
-        hit = np.convolve(hit.astype(np.int32), np.ones(2 * margin + 1, np.int32), mode="same") > 0
+        return np.convolve(hit.astype(np.int32), np.ones(2 * margin + 1, np.int32), mode="same") > 0
     return hit
 
 

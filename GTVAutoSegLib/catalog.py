@@ -63,6 +63,11 @@ class ModelEntry:
 
         return fetch(self.url, self.sha256, path, f"{self.name}@{self.version}", progress)
 
+    @property
+    def key(self) -> str:
+        """``name@version``: names one entry even when several versions of a model are listed."""
+        return f"{self.name}@{self.version}"
+
     def display_name(self) -> str:
         suffix = "" if not self.url else ", downloaded on first use"
         return f"{self.title or self.name} ({self.version}{suffix})"
@@ -97,3 +102,11 @@ def prefetch(name_or_path: str | None, models_json: str | Path = MODELS_JSON, pr
         entries = [e for e in entries if name_or_path in (e.name, f"{e.name}@{e.version}")]
     if entries:
         entries[0].fetch(Path(models_json).parent, progress)
+
+
+def newest(entries: list[ModelEntry]) -> ModelEntry:
+    """The entry a bare model name means among its versions: the default one, else the newest."""
+    def version(e: ModelEntry) -> tuple:
+        return tuple(int(p) if p.isdigit() else 0 for p in str(e.version).split("."))
+
+    return max(entries, key=lambda e: (e.default, version(e)))

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from .errors import Cancelled, GTVError
-from .outputs import Terminated, terminate_as_interrupt
+from .outputs import DEFAULT_FORMATS, DICOM_FORMATS, OUTPUT_FORMATS, Terminated, parse_formats, terminate_as_interrupt
 
 GENERIC_STEMS = {"ct", "image", "data", "imaging", "volume", "img"}
 IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -82,8 +82,8 @@ def _case_names(args: argparse.Namespace, inputs: list[Path]) -> list[str]:
 
 # What one case writes, in the order the files are renamed into place (the report last: it is the
 # sign that a case is complete).
-def _case_outputs(outdir: Path, name: str, png: bool) -> dict[str, Path]:
-    paths = {"seg": outdir / f"{name}.seg.nrrd", "label": outdir / f"{name}_label.nii.gz"}
+def _case_outputs(outdir: Path, name: str, formats: tuple[str, ...], png: bool) -> dict[str, Path]:
+    paths = {fmt: outdir / f"{name}{OUTPUT_FORMATS[fmt]}" for fmt in formats}
     if png:
         paths["png"] = outdir / f"{name}_overview.png"
     paths["report"] = outdir / f"{name}_report.json"
@@ -99,6 +99,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .outputs import atomic_outputs, name_max, prepare_output_dir, refuse_overwriting_inputs
     from .pipeline import Segmenter
     from .report import write_json, write_overview_png
+    from .dicomrt import ResultDescription, on_series_grid, write_dicom
     from .segfile import Terminology, target_color
 
     inputs = [Path(p) for p in args.input]
@@ -108,10 +109,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         check_input_path(Path(args.reference), "reference")
     if args.reference and len(inputs) != 1:
         raise GTVError("--reference goes with exactly one input")
+    formats = args.format
+    dicom_reference = _dicom_reference(args, inputs, formats)
     names = _case_names(args, inputs)
     outdir = prepare_output_dir(args.output)
     for name in names:
-        longest = max(_case_outputs(outdir, name, args.png).values(), key=lambda q: len(q.name.encode()))
+        longest = max(_case_outputs(outdir, name, formats, args.png).values(), key=lambda q: len(q.name.encode()))
         if len(longest.name.encode()) > name_max(outdir):
             raise GTVError(f"case name '{name[:40]}...' is too long: {longest.name[:40]}... would pass the file "
                            f"system's {name_max(outdir)}-byte limit; use --name")
@@ -123,6 +126,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     fetching.close()
     bundle = open_model(args.model)
     terminology = Terminology.for_target(bundle.target, bundle.anatomic_region or None)
+    description = ResultDescription.of_bundle(bundle)
     post = None
     if args.keep_largest is not None:
         post = PostprocessSpec(keep_largest=args.keep_largest,
@@ -130,16 +134,17 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     seg = Segmenter(bundle, device=args.device, threshold=args.threshold,
                     use_classifier=not args.no_classifier, postprocess=post)
     model_file = Path(args.model) if args.model and Path(args.model).is_file() else None
-    guarded = [*inputs, args.reference, model_file]
+    guarded = [*inputs, args.reference, args.dicom_reference, model_file]
     failures = 0
     for path, name in zip(inputs, names):
         progress = _Progress(args.progress)
         try:
-            targets = _case_outputs(outdir, name, args.png)
+            targets = _case_outputs(outdir, name, formats, args.png)
             refuse_overwriting_inputs(targets.values(), guarded)
             t0 = time.perf_counter()
             progress("read", 0.0)
             ct = io.read_ct(path)
+            series = _dicom_series(ct, dicom_reference, path) if set(formats) & set(DICOM_FORMATS) else None
             reference = io.read_mask(Path(args.reference), like=None) if args.reference else None
             if reference is not None and not reference.same_grid(ct):
                 reference = io.resample_to(reference, ct, nearest=True)
@@ -161,16 +166,27 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 "slice_selection": selection.to_dict() if selection is not None else None,
                 # null for every slice when the classifier was switched off (--no-classifier)
                 "slice_probabilities": [_json_safe(round(float(p), 4)) for p in result.slice_probs],
+                "outputs": {fmt: p.name for fmt, p in targets.items() if fmt in OUTPUT_FORMATS},
             }
+            if series is not None:
+                report["dicom_reference"] = {"folder": series.source.folder,
+                                             "series_instance_uid": series.source.series_instance_uid,
+                                             "frame_of_reference_uid": series.source.frame_of_reference_uid}
             if reference is not None:
                 metrics = evaluate_case(result.mask, reference)
                 report["reference"] = {"path": args.reference, **{k: _json_safe(v) for k, v in metrics.items()}}
             # All files of the case under temporary names first; renamed together at the end.
             with atomic_outputs(targets.values()) as tmps:
                 tmp = dict(zip(targets, tmps))
-                io.write_seg_nrrd(result.mask, tmp["seg"], name=bundle.target, color=target_color(bundle.target),
-                                  terminology=terminology)
-                io.write_labelmap(result.mask, tmp["label"])
+                if "nrrd" in tmp:
+                    io.write_seg_nrrd(result.mask, tmp["nrrd"], name=bundle.target, color=target_color(bundle.target),
+                                      terminology=terminology)
+                if "nifti" in tmp:
+                    io.write_labelmap(result.mask, tmp["nifti"])
+                for fmt in DICOM_FORMATS:
+                    if fmt in tmp:
+                        write_dicom(fmt, on_series_grid(result.mask, series, f"the result of {path}"), tmp[fmt],
+                                    description)
                 if args.png:
                     write_overview_png(ct, result.mask, tmp["png"], title=f"{name}: {bundle.name} {bundle.version}",
                                        reference=reference, window=tuple(bundle.preprocess.window))
@@ -180,8 +196,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 write_json(report, tmp["report"])
             progress("write", 1.0)
             progress.close()
-            line = (f"{name}: GTV {report['volume_cc']:.1f} cc on {report['slices_segmented']}/"
-                    f"{report['slices_total']} slices in {timings['total']:.2f} s -> {targets['seg']}")
+            line = (f"{name}: {bundle.target} {report['volume_cc']:.1f} cc on {report['slices_segmented']}/"
+                    f"{report['slices_total']} slices in {timings['total']:.2f} s -> "
+                    f"{', '.join(str(targets[f]) for f in formats)}")
             if reference is not None:
                 line += f"; Dice vs reference {report['reference']['dice']:.3f}"
             print(line, flush=True)
@@ -198,6 +215,50 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             progress.close()
             raise
     return 2 if failures else 0
+
+
+def _dicom_reference(args: argparse.Namespace, inputs: list[Path], formats: tuple[str, ...]):
+    """The series of ``--dicom-reference`` (read and checked now, before any model runs), or None.
+
+    DICOM SEG and RTSTRUCT reference the series the CT came from; an input that is not DICOM has
+    none, so they need ``--dicom-reference`` for it, and a DICOM input is its own reference.
+    """
+    from .dicomrt import check_writers, is_dicom_input, read_reference_series
+
+    wanted = [f for f in formats if f in DICOM_FORMATS]
+    check_writers(wanted)
+    if args.dicom_reference is None:
+        if wanted:
+            for path in inputs:
+                if not is_dicom_input(path):
+                    raise GTVError(f"--format {','.join(wanted)} needs a DICOM series to reference, and {path} is not "
+                                   "DICOM; give the series it was converted from with --dicom-reference DIR")
+        return None
+    if not wanted:
+        raise GTVError("--dicom-reference goes with --format seg and/or rtstruct")
+    if len(inputs) != 1:
+        raise GTVError("--dicom-reference goes with exactly one input")
+    if is_dicom_input(inputs[0]):
+        raise GTVError(f"{inputs[0]} is DICOM and so its own reference; --dicom-reference is for a NIfTI/NRRD input")
+    return read_reference_series(Path(args.dicom_reference))
+
+
+def _dicom_series(ct, dicom_reference, path: Path):
+    """The DICOM series a SEG/RTSTRUCT of ``ct``'s result references, checked before segmenting."""
+    from .dicomrt import check_source, on_series_grid
+
+    if dicom_reference is None:
+        check_source(ct.source, str(path))
+        return ct
+    on_series_grid(ct, dicom_reference, str(path))  # the result will lie on the CT's grid
+    return dicom_reference
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    try:
+        return parse_formats(text)
+    except GTVError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _slice_selection(args: argparse.Namespace):
@@ -342,13 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="segment one or more CTs",
                        description="Segment CT files (NIfTI, NRRD, MHA) or DICOM series folders. Writes "
                                    "NAME.seg.nrrd (3D Slicer segmentation), NAME_label.nii.gz and NAME_report.json "
-                                   "into OUTDIR, all on the input's exact grid.")
+                                   "into OUTDIR, all on the input's exact grid; with --format also NAME_seg.dcm "
+                                   "(DICOM SEG) and NAME_rtstruct.dcm (RTSTRUCT) referencing the DICOM series.")
     s.add_argument("input", nargs="+", help="CT file(s) or DICOM folder(s)")
     s.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     s.add_argument("--model", default=None, help="model name from Resources/Models.json or a bundle path (default: the default model)")
     s.add_argument("--device", default="auto", type=_device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
     s.add_argument("--threshold", type=_probability, default=None,
-                   help="classifier probability threshold in [0, 1] (default: the model's)")
+                   help="slice probability threshold in [0, 1]: the classifier's, or the locator's for a model "
+                        "whose 3D locator picks the slices (default: the model's)")
     s.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest 3D components (0 keeps all)")
     s.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice (no cascade)")
     s.add_argument("--include-slices", metavar="LIST", help="also segment these slices (e.g. 12,14-17; K indices from 0)")
@@ -357,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slice-file", metavar="JSON", help='slice choices as {"include": [...], "exclude": [...]} or {"only": [...]}')
     s.add_argument("--reference", default=None, help="a reference mask: report Dice etc. against it")
     s.add_argument("--png", action="store_true", help="also write NAME_overview.png (axial/coronal/sagittal)")
+    s.add_argument("--format", type=_formats, default=DEFAULT_FORMATS, metavar="LIST",
+                   help=f"what to write, comma-separated from {', '.join(OUTPUT_FORMATS)} (default "
+                        f"{','.join(DEFAULT_FORMATS)}); seg and rtstruct need a DICOM input or --dicom-reference")
+    s.add_argument("--dicom-reference", default=None, metavar="DIR",
+                   help="for a NIfTI/NRRD input: the DICOM series folder it was converted from (same voxels), "
+                        "which the DICOM SEG/RTSTRUCT reference")
     s.add_argument("--name", default=None, help="case name for output files (one input only; a plain file name)")
     s.add_argument("--progress", default="bar", choices=["bar", "lines", "none"], help="progress display")
     s.set_defaults(func=_cmd_segment)

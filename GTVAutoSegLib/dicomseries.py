@@ -104,6 +104,35 @@ def read_series(folder: Path, series_uid: str | None = None) -> Image:
     return _stack(series[uid], folder)
 
 
+def series_headers(source: DicomSource) -> list:
+    """The headers (pydicom datasets without pixel data) of the slices ``source`` was read from,
+    in the image's array order; a DICOM SEG or RTSTRUCT copies patient and study from them.
+
+    Raises:
+        GTVError: the folder no longer holds every slice of the series.
+    """
+    folder = Path(source.folder)
+    wanted = set(source.sop_instance_uids)
+    found = {}
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise GTVError(f"cannot list the DICOM folder {folder}: {exc.strerror or exc}") from None
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith(".") or not entry.is_file() or not is_dicom_file(path):
+            continue
+        ds = _read(path, pixels=False)
+        uid = str(ds.get("SOPInstanceUID", ""))
+        if uid in wanted and str(ds.get("SeriesInstanceUID", "")) == source.series_instance_uid:
+            found.setdefault(uid, ds)
+    missing = [u for u in source.sop_instance_uids if u not in found]
+    if missing:
+        raise GTVError(f"{folder} no longer holds {len(missing)} of the {len(wanted)} slices of series "
+                       f"{source.series_instance_uid} (first missing SOP instance {missing[0]})")
+    return [found[u] for u in source.sop_instance_uids]
+
+
 def _read(path: Path, pixels: bool):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -122,7 +151,20 @@ def _read(path: Path, pixels: bool):
         if "end of file" in text.lower():  # pydicom's only word for a file cut short
             raise GTVError(f"{path.name} is a damaged DICOM file (cut short)")
         logger.debug("pydicom on %s: %s", path.name, text)
+    _sop_from_file_meta(ds)
     return ds
+
+
+def _sop_from_file_meta(ds) -> None:
+    """Some de-identifiers blank SOPInstanceUID/SOPClassUID in the dataset but keep the file meta
+    header, which the standard requires to hold the same values: take them from there."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        return
+    for keyword, meta_keyword in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+                                  ("SOPClassUID", "MediaStorageSOPClassUID")):
+        if not str(ds.get(keyword, "") or "") and str(meta.get(meta_keyword, "") or ""):
+            setattr(ds, keyword, meta.get(meta_keyword))
 
 
 def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:

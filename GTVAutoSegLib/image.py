@@ -81,3 +81,41 @@ class Image:
             and np.allclose(self.origin, other.origin, atol=tol)
             and np.allclose(self.direction, other.direction, atol=tol)
         )
+
+
+def reindexed_onto(image: Image, grid: Image, tol: float = 0.01) -> np.ndarray | None:
+    """``image``'s voxels in ``grid``'s array order when both hold exactly the same voxel centres,
+    only indexed differently (axes permuted or flipped: a NIfTI written from a DICOM series often
+    flips the y axis); None when they are not the same voxel centres.
+
+    No interpolation: every voxel is moved, never resampled. ``tol`` is in voxels.
+    """
+    def index_to_lps(img: Image) -> np.ndarray:
+        return np.asarray(img.direction, float).reshape(3, 3) @ np.diag(np.asarray(img.spacing, float))
+
+    try:
+        to_grid = np.linalg.solve(index_to_lps(grid), index_to_lps(image))  # image index -> grid index
+        shift = np.linalg.solve(index_to_lps(grid), np.subtract(image.origin, grid.origin))
+    except np.linalg.LinAlgError:
+        return None
+    signs = np.rint(to_grid)
+    if np.abs(to_grid - signs).max() > tol or not (np.abs(signs).sum(axis=0) == 1).all() \
+            or not (np.abs(signs).sum(axis=1) == 1).all():
+        return None
+    size = image.array.shape[::-1]  # (x, y, z)
+    grid_size = grid.array.shape[::-1]
+    axes = [int(np.flatnonzero(signs[j])[0]) for j in range(3)]  # grid axis j comes from image axis axes[j]
+    flips = []
+    for j, i in enumerate(axes):
+        if size[i] != grid_size[j]:
+            return None
+        expected = 0.0 if signs[j, i] > 0 else size[i] - 1.0  # where image index 0 lands on grid axis j
+        if abs(shift[j] - expected) > tol:
+            return None
+        flips.append(signs[j, i] < 0)
+    xyz = np.transpose(image.array, (2, 1, 0))
+    out = np.transpose(xyz, axes)
+    for j, flip in enumerate(flips):
+        if flip:
+            out = np.flip(out, axis=j)
+    return np.ascontiguousarray(np.transpose(out, (2, 1, 0)))

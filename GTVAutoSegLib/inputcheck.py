@@ -121,6 +121,36 @@ def check_nifti(path: Path) -> None:
             raise GTVError(f"{path.name} has {n_nan} NaN and {n_inf} infinite voxels; a CT must be finite everywhere")
 
 
+def check_nrrd(path: Path) -> None:
+    """Refuse a gzip-encoded NRRD whose compressed stream is cut short or corrupt: ITK reads the
+    voxels it can inflate and never checks the stream's end or CRC."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+        end = min((i for i in (head.find(b"\n\n"), head.find(b"\r\n\r\n")) if i >= 0), default=-1)
+        if not head.startswith(b"NRRD") or end < 0:
+            return  # not an attached NRRD header; ITK says what it is
+        fields = {}
+        for line in head[:end].decode("latin-1").splitlines()[1:]:
+            key, sep, value = line.partition(":")
+            if sep and not line.startswith("#"):
+                fields[key.strip().lower()] = value.strip().lower()
+        if fields.get("encoding") not in ("gzip", "gz") or "data file" in fields or "datafile" in fields:
+            return
+        f.seek(end + (2 if head[end:end + 2] == b"\n\n" else 4))
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip wrapper: its CRC is checked at the end
+        try:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                inflate.decompress(chunk, 1 << 20)
+                while inflate.unconsumed_tail:  # bounded output: a small file can inflate to gigabytes
+                    inflate.decompress(inflate.unconsumed_tail, 1 << 20)
+                if inflate.eof:
+                    break
+        except zlib.error as exc:
+            raise GTVError(f"{path.name} is truncated or corrupt (its gzip data: {_first_line(exc)})") from None
+        if not inflate.eof:
+            raise GTVError(f"{path.name} is truncated: its gzip-compressed voxels end before the stream does")
+
+
 def _nifti_bytes(path: Path, expected: int) -> bytes:
     """The file's (decompressed) bytes, at least ``expected`` of them, else a one-line GTVError."""
     if path.name.lower().endswith(".gz"):

@@ -16,7 +16,7 @@ import numpy as np
 from . import dicomseries
 from .errors import GTVError
 from .image import Image, sitk
-from .inputcheck import check_geometry, check_input_path, check_nifti, is_nifti
+from .inputcheck import check_geometry, check_input_path, check_nifti, check_nrrd, is_nifti
 from .native import quiet_stderr
 from .outputs import atomic_output  # noqa: F401  (re-exported: io.atomic_output is the writers' entry)
 
@@ -157,6 +157,8 @@ def resample_to(image: Image, reference: Image, nearest: bool, default: float = 
 def _read_file(path: Path) -> Image:
     if is_nifti(path):
         check_nifti(path)  # before ITK, which zero-fills a cut-off file and turns NaN into 0
+    elif path.name.lower().endswith(".nrrd"):
+        check_nrrd(path)  # ITK inflates what it can of a gzip stream and never checks its end
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

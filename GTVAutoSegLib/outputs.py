@@ -7,6 +7,7 @@
 - :func:`terminate_as_interrupt`: SIGTERM ends the program through the same clean-up as Ctrl+C.
 - :func:`check_case_name`, :func:`prepare_output_dir`, :func:`refuse_overwriting_inputs`: the
   checks that keep outputs inside the output folder and off the inputs.
+- :data:`OUTPUT_FORMATS`: what a case can be written as, and under which file name.
 
 Every problem is a one-line :class:`GTVError` (OSError and the writers' RuntimeError included).
 """
@@ -27,6 +28,27 @@ from .errors import GTVError
 # Compound suffixes kept whole in temporary names, so writers still pick the format by the name.
 _COMPOUND_SUFFIXES = (".seg.nrrd", ".nii.gz")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# What one case can be written as: format name -> file name after the case name. The CLI, the batch
+# script and the Slicer module take their choices and file names from here.
+OUTPUT_FORMATS = {
+    "nrrd": ".seg.nrrd",         # 3D Slicer segmentation
+    "nifti": "_label.nii.gz",    # label map
+    "seg": "_seg.dcm",           # DICOM SEG
+    "rtstruct": "_rtstruct.dcm",  # DICOM RT Structure Set
+}
+DEFAULT_FORMATS = ("nrrd", "nifti")
+DICOM_FORMATS = ("seg", "rtstruct")
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"nrrd,seg"`` -> ``("nrrd", "seg")``, in :data:`OUTPUT_FORMATS` order; GTVError naming an unknown one."""
+    names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    unknown = [n for n in names if n not in OUTPUT_FORMATS]
+    if unknown or not names:
+        raise GTVError(f"unknown output format {', '.join(unknown) or repr(text)}; choose from "
+                       f"{', '.join(OUTPUT_FORMATS)} (comma-separated)")
+    return tuple(f for f in OUTPUT_FORMATS if f in names)
 
 
 class Terminated(KeyboardInterrupt):

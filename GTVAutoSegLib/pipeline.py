@@ -63,7 +63,8 @@ class Segmenter:
     Args:
         bundle: the model.
         device: ``auto`` / ``cpu`` / ``cuda``.
-        threshold: classifier threshold; None takes the bundle's.
+        threshold: the slice gate's threshold (the classifier's, or the locator's when the locator
+            picks the slices); None takes the bundle's.
         use_classifier: False gates no slice out: the segmenter runs on every slice and the
             classifier not at all (the "SANet alone" arm that measures what the cascade adds).
         postprocess / combine: override the bundle's (e.g. to compare combinations of its networks).

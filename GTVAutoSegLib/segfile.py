@@ -51,10 +51,12 @@ def check_anatomic_region(region: str) -> str:
 
 @dataclass(frozen=True)
 class TargetType:
-    """One radiotherapy target volume type: its code and its display colour (RGB in [0, 1])."""
+    """One radiotherapy target volume type: its code, its display colour (RGB in [0, 1]) and its
+    RTSTRUCT RT ROI Interpreted Type (a defined term of DICOM; "" where the standard has none)."""
 
     code: Code
     color: tuple[float, float, float]
+    rt_roi_interpreted_type: str = ""
 
 
 # Segments are coded in a terminology context of our own, because 3D Slicer's general anatomy list
@@ -64,10 +66,10 @@ class TargetType:
 TERMINOLOGY_CONTEXT = "GTVAutoSeg - Radiotherapy target volumes"
 TARGET_CATEGORY = Code("SCT", "49755003", "Morphologically Altered Structure")
 TARGET_TYPES: dict[str, TargetType] = {
-    "GTV": TargetType(Code("SCT", "228791009", "GTV"), (0.9, 0.1, 0.1)),   # radiotherapy convention: red
-    "CTV": TargetType(Code("SCT", "228792002", "CTV"), (0.9, 0.55, 0.1)),
-    "ITV": TargetType(Code("DCM", "130056", "ITV"), (0.9, 0.85, 0.1)),
-    "PTV": TargetType(Code("SCT", "228793007", "PTV"), (0.1, 0.55, 0.9)),
+    "GTV": TargetType(Code("SCT", "228791009", "GTV"), (0.9, 0.1, 0.1), "GTV"),   # radiotherapy convention: red
+    "CTV": TargetType(Code("SCT", "228792002", "CTV"), (0.9, 0.55, 0.1), "CTV"),
+    "ITV": TargetType(Code("DCM", "130056", "ITV"), (0.9, 0.85, 0.1)),  # no ITV among the RTSTRUCT defined terms
+    "PTV": TargetType(Code("SCT", "228793007", "PTV"), (0.1, 0.55, 0.9), "PTV"),
 }
 
 

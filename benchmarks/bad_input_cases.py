@@ -158,6 +158,13 @@ def build(case_id: str, folder: Path, model: Path, shared: Path | None) -> Case:
         inp = ct_file("ct" + ext)
         data = inp.read_bytes()
         inp.write_bytes(data[: len(data) * 2 // 3])
+    elif c == "gzip_nrrd_trailer":
+        import SimpleITK as sitk
+
+        inp = folder / "in" / "ct.nrrd"
+        inp.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(phantom_ct().to_sitk(), str(inp), useCompression=True)
+        inp.write_bytes(inp.read_bytes()[:-4])  # the gzip trailer (CRC and length), not voxels
     elif c == "truncated_openkbp":
         inp = folder / "in" / "pt_201" / "ct.nii.gz"
         inp.parent.mkdir(parents=True)

@@ -40,7 +40,7 @@ from bad_input_cases import Case, phantom_ct  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 CLI = [sys.executable, "-m", "GTVAutoSegLib.cli"]
-BATCH = [sys.executable, str(ROOT / "GTVAutoSeg" / "batch_segment.py")]
+BATCH = [sys.executable, str(ROOT / "GTVAutoSeg" / "Resources" / "Scripts" / "batch_segment.py")]
 
 
 def markdown_table() -> str:

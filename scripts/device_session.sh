@@ -3,14 +3,14 @@
 # machine from the repository root, so that each device call is one short line:
 #
 #   bash scripts/device_session.sh bench        # call 1: install the carried MONAI wheel, bench_device.py
-#   bash scripts/device_session.sh train [MIN]  # call 3: both networks from the pack side by side for MIN
-#                                               #   minutes (default 8), bundle, split into $OUT
+#   bash scripts/device_session.sh train [MIN]  # last call: the default model's two networks (3D locator,
+#                                               #   2.5D U-Net) from the pack side by side for MIN minutes
+#                                               #   (default 8), bundled as the shipped 0.2.0 is, into $OUT
 #
 # Outputs go to $OUT (the device tool's folder; /tmp/device_out elsewhere), at most 8 files of at
-# most 16 MiB as the tool returns them: the bundle in 3 equal parts (`cat hcf.pt.part-* > hcf.pt`
-# here, then compare its SHA-256 with the one in build_bundle.log) and logs.tgz. The runs stay in
-# carry/gpu_runs (ignored, so kept while the machine is warm: a next call can --resume from
-# last.pt). Runs on the CPU too (DEVICE=cpu).
+# most 16 MiB as the tool returns them: the bundle (10 MB fp16; compare its SHA-256 with the one in
+# build_bundle.log) and logs.tgz. The runs stay in carry/gpu_runs (ignored, so kept while the machine
+# is warm: a next call can --resume from last.pt). Runs on the CPU too (DEVICE=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_out}
@@ -34,22 +34,22 @@ train)
     "$PY" -m training.tablepack check "$PACK"
     run=carry/gpu_runs
     common=(--set "data.pack=\"$PACK\"" --device "$DEVICE" --time-budget-min "$minutes" "${@:3}")
-    "$PY" -m training.train --config training/configs/classifier.json --out "$run/classifier" "${common[@]}" \
-        >"$OUT/classifier.log" 2>&1 &
-    cls=$!
-    "$PY" -m training.train --config training/configs/sanet_cr.json --out "$run/sanet" "${common[@]}" \
-        >"$OUT/sanet.log" 2>&1 &
+    "$PY" -m training.train --config training/configs/locator_ptv_classes.json --out "$run/locator" "${common[@]}" \
+        >"$OUT/locator.log" 2>&1 &
+    loc=$!
+    "$PY" -m training.train --config training/configs/unet25d_long.json --out "$run/unet25d" "${common[@]}" \
+        >"$OUT/unet25d.log" 2>&1 &
     seg=$!
     status=0
-    wait $cls || status=$?
+    wait $loc || status=$?
     wait $seg || status=$?
-    tail -n 2 "$OUT/classifier.log" "$OUT/sanet.log"
+    tail -n 2 "$OUT/locator.log" "$OUT/unet25d.log"
     [ "$status" -eq 0 ] || { echo "a training run failed (exit $status); see its log in \$OUT" >&2; exit "$status"; }
-    "$PY" -m training.build_bundle --classifier "$run/classifier/best.pt" --segmenter "$run/sanet/best.pt" \
-        --out "$run/hcf.pt" --half --name hcf-openkbp-ptv70 --version gpu-candidate 2>&1 | tee "$OUT/build_bundle.log"
-    split -n 3 "$run/hcf.pt" "$OUT/hcf.pt.part-"
+    "$PY" -m training.build_bundle --locator "$run/locator/best.pt" --segmenter "$run/unet25d/best.pt" \
+        --out "$OUT/hcf.pt" --half --name hcf-openkbp-ptv70 --version gpu-candidate --threshold 0.9 \
+        --combine gate=locator --combine locator_weight=0.5 --target PTV70 2>&1 | tee "$OUT/build_bundle.log"
     mkdir -p "$run/logs"
-    for net in classifier sanet; do
+    for net in locator unet25d; do
         cp "$run/$net/log.csv" "$run/logs/${net}_log.csv"
         cp "$run/$net/summary.json" "$run/logs/${net}_summary.json"
         mv "$OUT/$net.log" "$run/logs/"

@@ -34,10 +34,10 @@ def test_device_benchmark_runs_without_simpleitk_and_reports_every_goal(tmp_path
 
 
 def test_tracked_tree_leaves_room_for_the_gpu_runbook():
-    """A device call carries 64 MiB, the tracked tree included; DEVELOPERS.md's largest call adds
-    16.0 MiB (a pack part) to it, so the tree must stay under 48 MiB."""
+    """A device call carries 64 MiB, the tracked tree included; DEVELOPERS.md's calls add one 4 MiB
+    pack part (and once the 1.7 MiB MONAI wheel) to it, so the tree must stay under 58 MiB."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     total = sum((ROOT / n).stat().st_size for n in names.decode().split("\0") if n and (ROOT / n).is_file())
-    assert total < 48 * 2**20, f"tracked tree is {total / 2**20:.1f} MiB"
+    assert total < 58 * 2**20, f"tracked tree is {total / 2**20:.1f} MiB"

@@ -160,3 +160,18 @@ def test_build_bundle_refuses_an_unknown_region_in_one_line(capsys):
         build_bundle.main(["--classifier", "c.pt", "--segmenter", "s.pt", "--out", "o.pt",
                            "--anatomic-region", "head and neck"])
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_a_bare_name_means_the_default_or_newest_of_its_versions(tmp_path):
+    old = _bundle()
+    new = _bundle()
+    new.version = "0.10.0"
+    entries = [{"name": "hn", "version": "0.2.0", "file": "a.pt", "sha256": save_bundle(old, tmp_path / "a.pt")},
+               {"name": "hn", "version": "0.10.0", "file": "b.pt", "sha256": save_bundle(new, tmp_path / "b.pt")}]
+    mj = tmp_path / "Models.json"
+    mj.write_text(json.dumps({"models": entries}))
+    assert resolve_model("hn", mj)[2].version == "0.10.0"  # newest by number, not by text
+    assert resolve_model("hn@0.2.0", mj)[2].version == "0.2.0"
+    entries[0]["default"] = True
+    mj.write_text(json.dumps({"models": entries}))
+    assert resolve_model("hn", mj)[2].version == "0.2.0" and resolve_model(None, mj)[2].version == "0.2.0"

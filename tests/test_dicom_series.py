@@ -47,8 +47,12 @@ def test_the_clean_series_reads_as_20_slices_at_2_mm_with_its_uids(series):
     assert ct.source is not None and len(ct.source.sop_instance_uids) == 20
     # SOP instances in array order: ascending position along the normal.
     z = [float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in _sorted_files(series)]
-    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in _sorted_files(series)]
-    assert ct.source.sop_instance_uids == tuple(uids) and ct.origin[2] == pytest.approx(min(z))
+    # De-identification blanked SOPInstanceUID in the datasets; the file meta header keeps it (and must
+    # equal it), so the UIDs come from there.
+    assert {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in _sorted_files(series)} == {""}
+    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
+            for p in _sorted_files(series)]
+    assert all(uids) and ct.source.sop_instance_uids == tuple(uids) and ct.origin[2] == pytest.approx(min(z))
     # A mask of the result keeps them (with_array), for a DICOM SEG export later.
     assert ct.with_array(ct.array > 0).source is ct.source
 
@@ -139,3 +143,27 @@ def test_a_fifo_in_the_folder_is_skipped_not_waited_on(plain):
 
     os.mkfifo(plain / "pipe.dcm")
     assert read_image(plain).array.shape[0] == 3
+
+
+def test_a_localizer_in_another_orientation_is_left_out_not_refused(plain):
+    """Scouts are often coronal; marked LOCALIZER, one is left out before orientations are compared
+    (unmarked, it would be refused as a slice in another orientation: see above)."""
+    ds = pydicom.dcmread(_sorted_files(plain)[0])
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(plain / "scout.dcm")
+    ct = read_image(plain)
+    assert ct.array.shape[0] == 3 and ds.SOPInstanceUID not in ct.source.sop_instance_uids
+
+
+def test_series_headers_follow_the_array_order_and_notice_a_vanished_slice(plain):
+    from GTVAutoSegLib.dicomseries import series_headers
+
+    ct = read_image(plain)
+    headers = series_headers(ct.source)
+    assert [h.SOPInstanceUID for h in headers] == list(ct.source.sop_instance_uids)
+    assert all("PixelData" not in h for h in headers)
+    _sorted_files(plain)[1].unlink()
+    with pytest.raises(GTVError, match="no longer holds 1 of the 3 slices"):
+        series_headers(ct.source)

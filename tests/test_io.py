@@ -612,3 +612,22 @@ def test_a_header_claiming_a_huge_volume_is_refused_before_allocating(tmp_path):
     with pytest.raises(GTVError) as e:
         read_image(path)
     assert "header is damaged" in one_line_error(e)
+
+
+def test_gzip_nrrd_with_a_damaged_stream_is_refused(tmp_path):
+    """ITK inflates what it can of a gzip NRRD and never checks the stream's end or CRC."""
+    path = tmp_path / "ct.nrrd"
+    array = (np.arange(6 * 12 * 10, dtype=np.int16).reshape(6, 12, 10) - 300)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path), useCompression=True)
+    assert np.array_equal(read_image(path).array, array)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1])
+    with pytest.raises(GTVError) as e:
+        read_image(path)
+    assert "truncated" in one_line_error(e)
+    flipped = bytearray(data)
+    flipped[-20] ^= 0x10
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(GTVError) as e:
+        read_image(path)
+    assert "truncated or corrupt" in one_line_error(e) or "truncated" in one_line_error(e)

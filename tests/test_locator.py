@@ -98,6 +98,7 @@ def test_the_locator_picks_the_slices_and_the_classifier_never_runs():
     assert seg.calls == 4 and result.seg_probs[~result.selected].max() == 0
     assert set(result.timings) == {"locator", "classifier", "segmenter"}
     assert result.slice_probs[5] > 0.9 and result.slice_probs[0] < 0.1  # the locator's view, for review
+    assert cascade(x, threshold=1.01).selected.sum() == 0  # the model's threshold gates the locator's view
 
     both = Cascade(MaxClassifier(0.8), BrightSegmenter(0.8), CPU, locator=_locator(), coarse=COARSE,
                    combine=CombineSpec(gate="both", locator_margin=1))
@@ -212,8 +213,24 @@ def test_bundle_format_2_round_trip_without_a_classifier(tmp_path):
 
 
 def test_the_shipped_format_1_bundle_still_loads_as_a_plain_cascade():
-    bundle = open_model(None)
+    bundle = open_model("hcf-openkbp-ptv70@0.1.0")
     assert bundle.locator is None and bundle.combine == CombineSpec() and bundle.segmenter_context == 1
+
+
+def test_the_default_model_is_0_2_0_and_segments_a_real_ct(shared_data):
+    """The shipped 0.2.0 end to end on OpenKBP validation patient pt_201 (Dice 0.572 in the
+    model-selection table): locator gate, 2.5D U-Net, the average, the inverse onto the CT's grid."""
+    from GTVAutoSegLib.metrics import dice
+    from training.data import load_case, openkbp_cases
+
+    bundle = open_model(None)
+    assert (bundle.version, bundle.classifier, bundle.combine.gate, bundle.threshold) == ("0.2.0", None, "locator", 0.9)
+    case = next(c for c in openkbp_cases(shared_data / "openkbp", "validation") if c.patient == "pt_201")
+    ct, ref = load_case(case)
+    result = Segmenter(bundle, "cpu")(ct)
+    assert result.mask.same_grid(ct)
+    assert dice(result.mask.array, ref.array) == pytest.approx(0.572, abs=0.005)
+    assert (result.slice_probs[result.selected] >= 0.9).all() and (result.slice_probs[~result.selected] < 0.9).all()
 
 
 # ------------------------------------------------------------------------------------ training
@@ -262,3 +279,34 @@ def test_build_bundle_takes_a_network_from_a_bundle_and_a_locator_run(tmp_path, 
     assert combined.provenance["segmenter"]["from_bundle"] == "hcf 1"
     assert build_bundle.main(["--segmenter", str(source), "--out", str(tmp_path / "x.pt")]) == 2
     assert "needs a --classifier, a --locator, or both" in capsys.readouterr().err
+
+
+def test_an_ensemble_of_locators_averages_their_probabilities(tmp_path):
+    from training import build_bundle
+
+    table, val = phantom_table(3, 0), phantom_table(2, 50)
+    net = '{"name": "unet3d", "params": {"channels": [8, 16], "strides": [2]}}'
+    runs = []
+    for seed in (0, 1):
+        cfg = tiny_config(tmp_path / f"loc{seed}", f"network={net}", 'coarse={"shape": [16, 32, 32]}',
+                          'loss={"name": "dice_ce"}', "batch_size=2", "max_epochs=1", 'precision="fp32"',
+                          "augment.enabled=false", f"seed={seed}")
+        Trainer(cfg, table, val).fit()
+        runs.append(str(tmp_path / f"loc{seed}" / "run" / "best.pt"))
+    seg = tmp_path / "seg.pt"
+    seg_cfg = NetConfig("test_bright_segmenter", params={"level": 0.8})
+    save_bundle(ModelBundle.from_networks(None, build_network(seg_cfg), locator_net=_locator(), name="s", version="1",
+                                          classifier=None, segmenter=seg_cfg, locator=NetConfig("test_bright_locator"),
+                                          preprocess=PreprocessSpec(size=64), combine=CombineSpec(gate="locator")), seg)
+    assert build_bundle.main(["--segmenter", str(seg), "--locator", runs[0], "--locator", runs[1],
+                              "--out", str(tmp_path / "ens.pt")]) == 0
+    ens = load_bundle(tmp_path / "ens.pt")
+    assert ens.locator.name == "locator_ensemble" and ens.locator.params["count"] == 2
+    x = torch.rand(1, 1, 16, 32, 32)
+    members = [build_bundle.load_part(r, "locator").module().eval() for r in runs]
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
+        got = torch.softmax(ens.build_locator()(x), 1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(GTVError, match="one architecture"):
+        build_bundle.build(None, seg, tmp_path / "bad.pt", "b", "1", locator_ckpt=[runs[0], seg])

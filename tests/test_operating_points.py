@@ -84,3 +84,28 @@ def test_cli_writes_the_table_and_refuses_bad_thresholds(openkbp_like, tmp_path,
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --thresholds") and "\n" not in err
     assert not bad.exists()
+
+
+def test_rows_equal_the_cascade_when_the_locator_gates_and_averages(openkbp_like):
+    from GTVAutoSegLib.cascade import CombineSpec
+    from GTVAutoSegLib.coarse import CoarseSpec
+
+    root, _, _ = openkbp_like
+    (case,) = openkbp_cases(root, "validation")
+    image, ref = load_case(case)
+    torch.manual_seed(1)
+    loc = NetConfig("unet3d", params={"channels": [4, 8], "strides": [2]})
+    seg = NetConfig("unet", in_channels=3, params={"channels": [4, 8, 16], "strides": [2, 2]})
+    bundle = ModelBundle.from_networks(None, build_network(seg), locator_net=build_network(loc), name="loc",
+                                       version="0", classifier=None, segmenter=seg, locator=loc,
+                                       preprocess=PreprocessSpec(size=64), coarse=CoarseSpec((16, 32, 32)),
+                                       segmenter_context=3, threshold=0.5,
+                                       combine=CombineSpec(gate="locator", locator_weight=0.5))
+    probs = Segmenter(bundle, "cpu")(image).slice_probs
+    thresholds = sorted({float(probs.min()), float(np.median(probs)), float(np.nextafter(probs.max(), 2.0))})
+    rows = operating_points.case_rows(Segmenter(bundle, "cpu"), case, thresholds, [])
+    for t, row in zip(thresholds, rows[1:]):
+        result = Segmenter(bundle, "cpu", threshold=t)(image)
+        assert row["dice"] == dice(result.mask.array, ref.array)
+        assert row["classifier_fp_slices"] == false_positive_slices(result.selected, ref.array)
+    assert rows[-1]["classifier_recall"] == 0.0 and rows[1]["classifier_recall"] == 1.0

@@ -133,3 +133,42 @@ def test_batch_keeps_left_handed_grids_and_refuses_a_truncated_nifti_quietly(for
     # One line per failed case on stderr, nothing else.
     assert sorted(line.split(":")[1].strip() for line in proc.stderr.strip().splitlines()) == ["bad", "cut"]
     assert "truncated" in proc.stderr
+
+
+def test_batch_writes_seg_and_rtstruct_for_a_dicom_series_and_refuses_them_for_a_nrrd(
+        foregroundBundle, shared_data, tmp_path):
+    import shutil
+
+    from GTVAutoSegLib.io import read_image, read_mask
+    from GTVAutoSegLib.phantom import make_phantom
+
+    from dicomreadback import dciodvfy_report, rasterise_rtstruct, seg_by_highdicom, voxel_positions
+
+    series = tmp_path / "ct3"
+    shutil.copytree(shared_data / "dicom" / "dcmqi_ct3", series)
+    ct, _ = make_phantom(shape=(4, 40, 40), spacing=(2.0, 2.0, 3.0), seed=1, tumour_slices=2)
+    nrrd = tmp_path / "phantom.nrrd"
+    sitk.WriteImage(ct.to_sitk(), str(nrrd))
+    out = tmp_path / "out"
+
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--input", str(series), str(nrrd), "--output", str(out),
+         "--model", str(foregroundBundle), "--device", "cpu", "--format", "nrrd,seg,rtstruct"],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["ct3.seg.nrrd", "ct3_rtstruct.dcm", "ct3_seg.dcm", "summary.csv"]
+    with open(out / "summary.csv", newline="") as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    assert rows["ct3"]["status"] == "ok" and rows["ct3"]["dicom"] == "ct3_seg.dcm ct3_rtstruct.dcm"
+    assert rows["phantom"]["status"] == "failed" and "is not a DICOM series" in rows["phantom"]["error"]
+    source = read_image(series)
+    result = read_mask(out / "ct3.seg.nrrd")
+    assert result.same_grid(source) and result.array.sum() > 0
+    read, _ = seg_by_highdicom(out / "ct3_seg.dcm")
+    assert voxel_positions(read) == voxel_positions(result)
+    filled, _, _ = rasterise_rtstruct(out / "ct3_rtstruct.dcm", source)
+    assert np.array_equal(filled, result.array)
+    for name in ("ct3_seg.dcm", "ct3_rtstruct.dcm"):
+        assert dciodvfy_report(out / name)[0] == []

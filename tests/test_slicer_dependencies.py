@@ -149,3 +149,31 @@ def test_failures_are_one_line_and_shipped_packages_are_refused(headlessSlicer, 
     monkeypatch.setattr(headlessSlicer.util, "pip_install", lambda r: pytest.fail("Slicer's SimpleITK must stay"))
     with pytest.raises(GTVAutoSegError, match="refusing to pip-install SimpleITK>=2.3: Slicer ships it"):
         dependencies.ensureDependencies()
+
+
+def test_the_dicom_export_installs_highdicom_only_when_missing_and_never_what_slicer_ships(headlessSlicer, monkeypatch):
+    from GTVAutoSegSlicerLib import GTVAutoSegError
+
+    shipped = {_canonical(n) for n in SLICER_SHIPPED}
+    assert not {_canonical(n) for n in dependencies.EXPORT_REQUIREMENTS} & shipped
+    calls = []
+    monkeypatch.setattr(headlessSlicer.util, "pip_install", lambda r: calls.append(list(r)))
+    dependencies.ensureExportDependencies(confirm=lambda text: pytest.fail("nothing to ask"))
+    assert calls == []  # installed here (requirements.txt)
+
+    state = {"installed": False}
+    monkeypatch.setattr(dependencies, "_satisfied", lambda dist, req: state["installed"])
+
+    def pipInstall(requirements):
+        calls.append(list(requirements))
+        state["installed"] = True
+
+    monkeypatch.setattr(headlessSlicer.util, "pip_install", pipInstall)
+    lines = []
+    dependencies.ensureExportDependencies(confirm=lambda text: pytest.fail("headless: never ask"), log=lines.append)
+    assert calls == [["highdicom>=0.28"]] and lines == ["installing highdicom>=0.28 with pip"]
+
+    state["installed"] = False
+    monkeypatch.setattr(headlessSlicer.util, "pip_install", lambda r: None)  # pip "succeeds" but nothing appears
+    with pytest.raises(GTVAutoSegError, match="still missing after installation: highdicom>=0.28"):
+        dependencies.ensureExportDependencies()

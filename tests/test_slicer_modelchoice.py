@@ -96,7 +96,7 @@ def _selector(dialogAnswers):
 
 def test_picking_a_bundle_file_opens_one_dialog_and_shows_the_file():
     combo, choice, stored, asked = _selector(["/models/mine.pt"])
-    assert [d for _, d in combo.items] == ["hn", "lung", BROWSE] and combo.currentData == "hn"
+    assert [d for _, d in combo.items] == ["hn@1.0", "lung@0.2", BROWSE] and combo.currentData == "hn@1.0"
 
     combo.userPicks(combo.findData(BROWSE))
 
@@ -113,8 +113,10 @@ def test_cancel_keeps_the_model_in_use_on_show():
 
     assert len(asked) == 2  # one dialog per pick, never two
     assert stored["model"] == "/models/mine.pt" and combo.currentData == "/models/mine.pt"
-    combo.userPicks(combo.findData("lung"))
-    assert stored["model"] == "lung" and combo.currentData == "lung" and len(asked) == 2
+    combo.userPicks(combo.findData("lung@0.2"))
+    assert stored["model"] == "lung@0.2" and combo.currentData == "lung@0.2" and len(asked) == 2
+    choice.show("lung")  # a scene saved with the bare name shows that model, not a file entry
+    assert combo.currentData == "lung@0.2" and "lung" not in [d for _, d in combo.items]
 
 
 def test_a_model_from_a_saved_scene_is_shown_and_no_models_is_said():

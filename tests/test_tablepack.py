@@ -100,3 +100,16 @@ def test_cli_build_then_train_from_the_pack_without_simpleitk(tmp_path):
     bad = script.replace("'--size=64'", "'--size=96'")
     done = subprocess.run([sys.executable, "-c", bad], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "prepared with" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_pack_with_other_target_classes_serves_a_binary_run_too(tmp_path):
+    from training.data import DataConfig, packed_tables
+
+    t = table(2, 20)
+    t.masks = np.where((t.masks == 0) & (t.images > 0.2), 2, t.masks).astype(np.uint8)  # an "other target" class
+    tablepack.write_pack(t, SPEC, tmp_path / "p" / "train")
+    tablepack.write_pack(t, SPEC, tmp_path / "p" / "val")
+    multi, _ = packed_tables(DataConfig(pack=str(tmp_path / "p"), other_targets=("PTV63",)), SPEC, tmp_path)
+    binary, _ = packed_tables(DataConfig(pack=str(tmp_path / "p")), SPEC, tmp_path)
+    assert set(np.unique(multi.masks)) == {0, 1, 2} and set(np.unique(binary.masks)) == {0, 1}
+    assert np.array_equal(binary.masks == 1, multi.masks == 1)

@@ -47,8 +47,8 @@ def test_validation_every_n_epochs_and_always_after_the_last(tmp_path):
     t = summary["throughput"]
     assert t["precision"] == "fp32" and t["threads"] == torch.get_num_threads()
     assert t["memory_format"] == "channels_last" and t["bare_step_slices_per_s"]["fp32"] > 0
-    ratio = t["wall_slices_per_s"] / t["bare_step_slices_per_s"]["fp32"]  # both rounded in the summary
-    assert 0 < t["wall_slices_per_s"] and t["wall_over_bare"] == pytest.approx(ratio, rel=0.02, abs=2e-3)
+    ratio = t["wall_slices_per_s"] / t["bare_step_slices_per_s"]["fp32"]  # both to 4 digits in the summary
+    assert 0 < t["wall_slices_per_s"] and t["wall_over_bare"] == pytest.approx(ratio, rel=2e-3, abs=1e-3)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["throughput"] == t
 
 

@@ -83,6 +83,20 @@ def load_part(source: str | Path, role: str) -> Part:
     return _from_bundle(str(source), role)
 
 
+def ensemble_part(parts: list[Part]) -> Part:
+    """Locators of one architecture and grid (other seeds or data) as one ``locator_ensemble``."""
+    first = parts[0]
+    for p in parts[1:]:
+        if (p.network.to_dict(), p.coarse, p.preprocess.to_dict()) != (first.network.to_dict(), first.coarse,
+                                                                       first.preprocess.to_dict()):
+            raise GTVError("an ensemble takes locators of one architecture, grid and preprocessing")
+    cfg = NetConfig("locator_ensemble", first.network.in_channels, first.network.out_channels,
+                    {"member": first.network.to_dict(), "count": len(parts)})
+    state = {f"members.{i}.{k}": v for i, p in enumerate(parts) for k, v in p.state.items()}
+    return Part("locator3d", cfg, state, first.preprocess, 1, first.coarse, first.target,
+                {"members": [p.provenance for p in parts]})
+
+
 def _provenance(path: Path, best: dict) -> dict:
     cfg = best["config"]
     return {
@@ -120,12 +134,18 @@ def parse_combine(items: list[str], base: CombineSpec | None = None) -> CombineS
 
 def build(classifier_ckpt: str | Path | None, segmenter_ckpt: str | Path, out: str | Path, name: str, version: str,
           threshold: float | None = None, half: bool = False, target: str | None = None,
-          anatomic_region: str = "head_and_neck", locator_ckpt: str | Path | None = None,
+          anatomic_region: str = "head_and_neck", locator_ckpt: str | Path | list | None = None,
           combine: CombineSpec | None = None) -> tuple[ModelBundle, str]:
     """Write the bundle; returns it and the file's SHA-256. Each network comes from a run's
-    ``best.pt`` or from an existing bundle (see :func:`load_part`)."""
-    sources = {"segmenter": segmenter_ckpt, "classifier": classifier_ckpt, "locator": locator_ckpt}
+    ``best.pt`` or from an existing bundle (see :func:`load_part`); several locators become one
+    averaging ensemble."""
+    locators = [locator_ckpt] if isinstance(locator_ckpt, (str, Path)) else list(locator_ckpt or [])
+    sources = {"segmenter": segmenter_ckpt, "classifier": classifier_ckpt}
     parts = {role: load_part(src, role) for role, src in sources.items() if src is not None}
+    if locators:
+        members = [load_part(src, "locator") for src in locators]
+        parts["locator"] = members[0] if len(members) == 1 else ensemble_part(members)
+        sources["locator"] = ", ".join(map(str, locators))
     wanted = {"classifier": ("classifier",), "segmenter": SEGMENTER_KINDS, "locator": ("locator3d",)}
     for role, part in parts.items():
         if part.kind not in wanted[role]:
@@ -169,7 +189,9 @@ def main(argv=None) -> int:
     p.add_argument("--classifier", help="the classifier run's best.pt, or a bundle whose classifier to take "
                                         "(none: the locator picks the slices)")
     p.add_argument("--segmenter", required=True, help="the segmenter run's best.pt, or a bundle whose segmenter to take")
-    p.add_argument("--locator", help="the 3D locator run's best.pt, or a bundle whose locator to take")
+    p.add_argument("--locator", action="append", default=[],
+                   help="the 3D locator run's best.pt, or a bundle whose locator to take; repeat it for an "
+                        "ensemble of locators (their probabilities averaged)")
     p.add_argument("--combine", action="append", default=[], metavar="KEY=VALUE",
                    help="how the networks combine (GTVAutoSegLib.cascade.CombineSpec), e.g. gate=locator, "
                         "locator_weight=0.5, region_margin_mm=10, tta_flip=true")

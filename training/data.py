@@ -369,13 +369,21 @@ def split_cases(cfg: DataConfig, project_root: Path) -> tuple[list[CaseRef], lis
 
 
 def packed_tables(cfg: DataConfig, spec: PreprocessSpec, project_root: Path) -> tuple[SliceTable, SliceTable]:
-    """``(train, val)`` from ``cfg.pack``, cut to ``max_*_patients`` as :func:`split_cases` would."""
+    """``(train, val)`` from ``cfg.pack``, cut to ``max_*_patients`` as :func:`split_cases` would.
+
+    A pack made with other target volumes as class 2 serves a run without them too: it sees the
+    target alone (so one pack carries the data of a locator with PTV classes and of a binary 2D net).
+    """
     from .tablepack import read_tables
 
     path = Path(cfg.pack)
     train, val = read_tables(path if path.is_absolute() else project_root / path, spec)
-    return (train.subset(_first(train.patients, cfg.max_train_patients, cfg.seed)),
-            val.subset(_first(val.patients, cfg.max_val_patients, cfg.seed + 1)))
+    tables = (train.subset(_first(train.patients, cfg.max_train_patients, cfg.seed)),
+              val.subset(_first(val.patients, cfg.max_val_patients, cfg.seed + 1)))
+    if not cfg.other_targets:
+        for t in tables:
+            t.masks = (t.masks == 1).astype(np.uint8)
+    return tables
 
 
 def resolve_cache(cfg: DataConfig, project_root: Path) -> Path | None:

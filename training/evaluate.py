@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from GTVAutoSegLib.bundle import load_bundle
+from GTVAutoSegLib.bundle import PostprocessSpec, load_bundle
 from GTVAutoSegLib.cascade import CombineSpec
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.metrics import evaluate_case, false_positive_slices, slice_recall, summarise
@@ -45,15 +45,18 @@ def metric_row(patient: str, arm: str, mask, ref) -> dict:
 
 
 def evaluate_cases(bundle_path: str | Path, cases: list[CaseRef], arms=ARMS, device: str = "auto",
-                   progress: bool = True, combine: CombineSpec | None = None) -> list[dict]:
+                   progress: bool = True, combine: CombineSpec | None = None,
+                   postprocess: PostprocessSpec | None = None, threshold: float | None = None) -> list[dict]:
     """One row per case and arm.
 
     ``fp_slices`` / ``fn_slices`` count slices of the final mask with no reference tumour / reference
     slices the mask misses; ``classifier_*`` score the slice selection (cascade arm only: the
-    classifier's, or the locator's when it picks the slices). ``combine`` overrides the bundle's.
+    classifier's, or the locator's when it picks the slices). ``combine``, ``postprocess`` and the
+    slice gate's ``threshold`` override the bundle's.
     """
     bundle = load_bundle(bundle_path)
-    segmenters = {arm: Segmenter(bundle, device, use_classifier=(arm == "cascade"), combine=combine) for arm in arms}
+    segmenters = {arm: Segmenter(bundle, device, threshold=threshold, use_classifier=(arm == "cascade"),
+                                 combine=combine, postprocess=postprocess) for arm in arms}
     rows = []
     iterator = cases
     if progress:

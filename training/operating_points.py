@@ -1,15 +1,16 @@
-"""Operating points of a bundle: Dice, false-positive slices and slice recall at each classifier threshold.
+"""Operating points of a bundle: Dice, false-positive slices and slice recall at each slice-gate threshold.
 
     python -m training.operating_points --bundle Resources/hcf_openkbp_ptv70_v0.1.0.pt \
         --split validation --other-rois PTV63,PTV56 --out training/runs/op_hcf
 
-The classifier threshold trades recall of tumour slices against false-positive slices; this shows
-the whole trade-off on a split, so a user can pick an operating point (``gtvautoseg segment
---threshold``) knowing what it costs. Each patient goes through the classifier and the segmenter
-once, the segmenter on every slice; each threshold then zeroes the slices the classifier does not
-select, exactly what the cascade's output is (a 2D segmenter sees one slice at a time, and a 3D
-one's windows over a selected slice all run), and maps the result through the library's inverse and
-postprocessing. The row ``alone`` is the segmenter on every slice.
+The slice gate's threshold (the classifier's, or the 3D locator's when it picks the slices) trades
+recall of tumour slices against false-positive slices; this shows the whole trade-off on a split, so
+a user can pick an operating point (``gtvautoseg segment --threshold``) knowing what it costs. Each
+patient goes through the model once with every slice passing the gate; each threshold then zeroes
+the slices the gate does not pass, exactly what the cascade's output is (a 2D segmenter sees one
+slice at a time, a 3D one's windows over a selected slice all run, and the locator's probabilities
+are averaged slice by slice), and maps the result through the library's inverse and
+postprocessing. The row ``alone`` is the model with no slice gated out.
 
 ``--other-rois`` (OpenKBP layout: structures beside the target in ``rois/``) adds where the
 false-positive voxels lie: the share inside any of those structures, e.g. the lower-dose targets
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from GTVAutoSegLib.bundle import load_bundle
+from GTVAutoSegLib.cascade import widen
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.io import atomic_output, read_mask
 from GTVAutoSegLib.metrics import dice, false_positive_slices, slice_flags, slice_recall, summarise, volume_ratio
@@ -62,14 +64,16 @@ def other_rois_mask(case: CaseRef, rois: list[str], shape: tuple[int, ...]) -> n
 def case_rows(seg: Segmenter, case: CaseRef, thresholds: list[float], rois: list[str]) -> list[dict]:
     """One row per threshold (NaN threshold: the segmenter alone) for one patient."""
     ct, ref = load_case(case)
+    ref = ref.with_array((ref.array == 1).astype(np.uint8))  # the target, not other classes
     slices, state = prepare(ct, seg.bundle.preprocess)
-    with torch.inference_mode():
-        probs = seg.cascade.classify(slices)
-        seg_all = seg.cascade.segment(slices, np.ones(slices.shape[0], bool))
+    with torch.inference_mode():  # every slice through the gate's network and the segmenter
+        full = seg.cascade(slices, threshold=-1.0, pixel_mm=state.model_spacing[:2])
+    probs, seg_all = full.slice_probs, full.seg_probs
+    margin = seg.cascade.combine.locator_margin if seg.cascade.combine.gate == "locator" else 0
     other = other_rois_mask(case, rois, ref.array.shape) if rois else None
     rows = []
     for t in [math.nan, *thresholds]:
-        selected = np.ones(probs.shape, bool) if math.isnan(t) else probs >= t
+        selected = np.ones(probs.shape, bool) if math.isnan(t) else widen(probs >= t, margin)
         kept = np.where(selected[:, None, None], seg_all, 0).astype(seg_all.dtype)
         mask = seg.to_mask(ct, kept, state)
         fp = (mask > 0) & (ref.array == 0)
@@ -88,8 +92,8 @@ def case_rows(seg: Segmenter, case: CaseRef, thresholds: list[float], rois: list
 
 def summary_markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# Operating points", ""] + [f"- {k}: {v}" for k, v in meta.items()]
-    lines += ["", "| classifier threshold | Dice mean | Dice median | FP slices / patient | patients with <= 1 FP slice | "
-              "classifier slice recall | classifier FP slices / patient | volume pred / ref (median) | "
+    lines += ["", "| slice gate threshold | Dice mean | Dice median | FP slices / patient | patients with <= 1 FP slice | "
+              "gate slice recall | gate FP slices / patient | volume pred / ref (median) | "
               "FP voxels inside other ROIs |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     groups: dict[str | float, list[dict]] = {}  # "alone" first: case_rows puts it first
@@ -109,7 +113,7 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
             f"{s['volume_ratio']['median']:.2f}", share,
         ]) + " |")
     lines += ["", "Dice is 3D per patient on the CT's own grid. FP slices: slices of the final mask without "
-              "reference tumour. Classifier columns score the slices the classifier selected. The last column "
+              "reference tumour. Gate columns score the slices the gate (classifier or locator) passed. The last column "
               "pools false-positive voxels over patients."]
     return "\n".join(lines) + "\n"
 

@@ -22,10 +22,10 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from GTVAutoSegLib.bundle import load_bundle, resolve_model, sha256_file
+from GTVAutoSegLib.bundle import PostprocessSpec, load_bundle, resolve_model, sha256_file
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.metrics import paired_bootstrap, summarise
 
@@ -45,6 +45,8 @@ class Variant:
         label: what the row is, in words.
         bundle: model name or bundle path (relative to the project root).
         combine: ``KEY=VALUE`` overrides of the bundle's combination.
+        postprocess: overrides of the bundle's postprocessing (``{"keep_largest": 1}``).
+        threshold: the slice gate's threshold instead of the bundle's (classifier or locator).
         runs: training run folders whose ``summary.json`` wall times count as training minutes.
         train_minutes: minutes added to those of ``runs``, for networks trained before runs kept
             their summary (the shipped 0.1.0 networks).
@@ -56,6 +58,8 @@ class Variant:
     label: str
     bundle: str
     combine: list[str] = field(default_factory=list)
+    postprocess: dict = field(default_factory=dict)
+    threshold: float | None = None
     runs: list[str] = field(default_factory=list)
     train_minutes: float | None = None
     commands: list[str] = field(default_factory=list)
@@ -99,17 +103,21 @@ def run_variant(v: Variant, args: argparse.Namespace) -> Path:
     meta_path = out / "meta.json"
     if csv_path.is_file() and meta_path.is_file() and not args.force:
         meta = json.loads(meta_path.read_text())
-        if meta.get("bundle_sha256") == sha and meta.get("combine") == v.combine:
+        if (meta.get("bundle_sha256"), meta.get("combine"), meta.get("postprocess", {}), meta.get("threshold")) == (
+                sha, v.combine, v.postprocess, v.threshold):
             return csv_path
     bundle = load_bundle(bundle_path)
     combine = parse_combine(v.combine, bundle.combine) if v.combine else None
+    post = PostprocessSpec(**{**asdict(bundle.postprocess), **v.postprocess}) if v.postprocess else None
     _, cases = cases_from_args(args)
     t = time.perf_counter()
-    rows = evaluate_cases(bundle_path, cases, ("cascade",), args.device, combine=combine)
+    rows = evaluate_cases(bundle_path, cases, ("cascade",), args.device, combine=combine, postprocess=post,
+                          threshold=v.threshold)
     out.mkdir(parents=True, exist_ok=True)
     write_rows(rows, csv_path)
     meta_path.write_text(json.dumps({"bundle": str(bundle_path), "bundle_sha256": sha, "combine": v.combine,
-                                     "patients": len(cases), "seconds": round(time.perf_counter() - t, 1)}, indent=1))
+                                     "postprocess": v.postprocess, "threshold": v.threshold, "patients": len(cases),
+                                     "seconds": round(time.perf_counter() - t, 1)}, indent=1))
     return csv_path
 
 
@@ -170,6 +178,8 @@ def report(reference: str, variants: list[Variant], variants_file: str) -> str:
     lines += ["", "## How each row was made", ""]
     for v in variants:
         lines.append(f"- `{v.key}`: bundle `{v.bundle}`" + (f", combine `{' '.join(v.combine)}`" if v.combine else "")
+                     + (f", postprocess `{json.dumps(v.postprocess)}`" if v.postprocess else "")
+                     + (f", threshold {v.threshold}" if v.threshold is not None else "")
                      + (f". {v.note}" if v.note else ""))
         for c in v.commands:
             lines.append(f"  - `{c}`")

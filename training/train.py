@@ -426,9 +426,9 @@ class Trainer:
             "throughput": {
                 "precision": self.precision, "threads": torch.get_num_threads(),
                 "memory_format": str(self.memory_format).removeprefix("torch."),
-                "bare_step_slices_per_s": {k: round(v, 2) for k, v in self.precision_rates.items()},
+                "bare_step_slices_per_s": {k: _sig(v) for k, v in self.precision_rates.items()},
                 # the whole run, validation and checkpoints included, against the bare step
-                "wall_slices_per_s": round(self.slices_seen / wall, 2) if wall > 0 else math.nan,
+                "wall_slices_per_s": _sig(self.slices_seen / wall) if wall > 0 else math.nan,
                 "wall_over_bare": round(self.slices_seen / wall / bare, 3) if wall > 0 and bare > 0 else math.nan,
                 "validation_seconds": round(self.val_seconds_total, 1),
             },
@@ -442,6 +442,11 @@ class Trainer:
                       f"{summary['throughput']['wall_over_bare']} of the bare step); best epoch {self.best_epoch}: "
                       + " ".join(f"{k}={_short(v)}" for k, v in self.best_metrics.items()))
         return summary
+
+
+def _sig(v: float) -> float:
+    """Four significant digits: a rate of 0.01 slices/s on a starved machine keeps its precision too."""
+    return float(f"{v:.4g}")
 
 
 def _short(v):

@@ -8,6 +8,7 @@
 - ``review``: slices near the classifier threshold, and the reviewer's ticks turned into corrections.
 - ``models`` / ``modelchoice``: Models.json without torch; the model selector's entries.
 - ``terminology``: the radiotherapy target terminology for Slicer's selector.
+- ``dicomexport``: a result as DICOM SEG / RTSTRUCT referencing the CT's series (the export button).
 - ``dependencies``: torch and pip packages inside Slicer, without dialogs when headless.
 - ``testing``: test bundles and the module's self-test body.
 """

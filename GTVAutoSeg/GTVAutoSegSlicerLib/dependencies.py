@@ -29,6 +29,10 @@ TORCH_REQUIREMENT = ">=2.4"
 PIP_REQUIREMENTS = {
     "pynrrd": "pynrrd>=1.0",  # writes the .seg.nrrd
 }
+# What the DICOM SEG export adds (installed when the export is first used; RTSTRUCT needs only pydicom).
+EXPORT_REQUIREMENTS = {
+    "highdicom": "highdicom>=0.28",
+}
 # Distributions in 3D Slicer's own Python (5.10 and later; SuperBuild External_python-*.cmake).
 SLICER_SHIPPED = frozenset({
     "numpy", "scipy", "SimpleITK", "vtk", "pydicom", "pillow", "requests", "urllib3", "certifi", "idna",
@@ -126,6 +130,33 @@ def ensureDependencies(confirm: Callable[[str], bool] | None = None, log: Callab
             raise GTVAutoSegError(f"installing {', '.join(missing)} failed: {exc}") from None
         say(f"installed {', '.join(missing)} in {time.monotonic() - started:.0f} s")
     still = missingRequirements()
+    if still:
+        raise GTVAutoSegError(f"still missing after installation: {', '.join(still)} (restart Slicer and try again)")
+
+
+def ensureExportDependencies(confirm: Callable[[str], bool] | None = None,
+                             log: Callable[[str], None] | None = None) -> None:
+    """Install what the DICOM export needs (:data:`EXPORT_REQUIREMENTS`) into Slicer's Python, as
+    :func:`ensureDependencies` does: asking only when interactive, never replacing what Slicer ships.
+
+    Raises:
+        GTVAutoSegError: the user declined or the install failed.
+    """
+    missing = [req for dist, req in EXPORT_REQUIREMENTS.items() if not _satisfied(dist, req)]
+    if not missing:
+        return
+    import slicer
+
+    if isInteractive() and confirm is not None:
+        if not confirm(f"The DICOM export needs these Python packages, which will be installed now: {', '.join(missing)}"):
+            raise GTVAutoSegError(f"required packages are not installed: {', '.join(missing)}")
+    if log is not None:
+        log(f"installing {', '.join(missing)} with pip")
+    try:
+        slicer.util.pip_install(missing)
+    except Exception as exc:  # pip's CalledProcessError, network errors...
+        raise GTVAutoSegError(f"installing {', '.join(missing)} failed: {exc}") from None
+    still = [req for dist, req in EXPORT_REQUIREMENTS.items() if not _satisfied(dist, req)]
     if still:
         raise GTVAutoSegError(f"still missing after installation: {', '.join(still)} (restart Slicer and try again)")
 

@@ -158,6 +158,11 @@ class SegmentationLogicProtocol(Protocol):
 
     def reviewList(self, segmentationNode, margin: float) -> list[ReviewSlice]: ...
 
+    def knowsDicomSeries(self, segmentationNode) -> bool: ...
+
+    def exportDicom(self, segmentationNode, outputFolder, formats=("seg", "rtstruct"), dicomFolder=None,
+                    name: str | None = None) -> list[Path]: ...
+
 
 @dataclass
 class _Active:
@@ -464,6 +469,57 @@ class SegmentationLogic:
             return []
         table = readProbabilityTable(tableNode)
         return reviewSlices(table.probabilities, table.centres, table.threshold, margin, table.selected, table.user)
+
+    def knowsDicomSeries(self, segmentationNode) -> bool:
+        """Whether :meth:`exportDicom` finds the CT's DICOM series by itself (else pass ``dicomFolder``)."""
+        from .dicomexport import sourceSeriesFolder
+
+        try:
+            sourceSeriesFolder(results.ResultNodes.of(self.scene, segmentationNode).volume)
+        except GTVAutoSegError:
+            return False
+        return True
+
+    def exportDicom(self, segmentationNode, outputFolder, formats=("seg", "rtstruct"), dicomFolder=None,
+                    name: str | None = None) -> list[Path]:
+        """Export a segmentation this logic filled as DICOM SEG and/or RTSTRUCT (the module's one button).
+
+        Both reference the CT's DICOM series: ``dicomFolder``, else the folder the CT volume was
+        loaded from, else (in Slicer) its series in the DICOM database. The files appear together or
+        not at all, as ``<name>_seg.dcm`` and ``<name>_rtstruct.dcm`` in ``outputFolder``.
+
+        Args:
+            formats: any of ``GTVAutoSegLib.outputs.DICOM_FORMATS``.
+            name: file name stem; default the segmentation node's name.
+
+        Returns:
+            The files written.
+
+        Raises:
+            GTVAutoSegError: not a GTVAutoSeg result, no (referable) DICOM series, another grid,
+                an unknown format, or a failed write (one line each).
+        """
+        from GTVAutoSegLib.errors import GTVError
+        from GTVAutoSegLib.outputs import (DICOM_FORMATS, OUTPUT_FORMATS, atomic_outputs, check_case_name,
+                                           prepare_output_dir)
+
+        from .dicomexport import writeDicom
+
+        target = results.ResultNodes.of(self.scene, segmentationNode)
+        requested = [formats] if isinstance(formats, str) else list(formats)
+        unknown = [f for f in requested if f not in DICOM_FORMATS]
+        if unknown or not requested:
+            raise GTVAutoSegError(f"DICOM export writes {' and/or '.join(DICOM_FORMATS)}, not {unknown or 'nothing'}")
+        formats = [f for f in DICOM_FORMATS if f in requested]
+        stem = name or "".join(c if c.isalnum() or c in "-_." else "_" for c in segmentationNode.GetName()).strip("._")
+        try:
+            folder = prepare_output_dir(outputFolder)
+            paths = {fmt: folder / f"{check_case_name(stem or 'segmentation')}{OUTPUT_FORMATS[fmt]}" for fmt in formats}
+            with atomic_outputs(paths.values()) as tmps:
+                writeDicom(target, dict(zip(paths, tmps)), dicomFolder)
+        except GTVError as exc:
+            raise GTVAutoSegError(str(exc)) from None
+        return list(paths.values())
 
     @staticmethod
     def deviceChoices() -> list[tuple[str, str]]:

@@ -37,8 +37,14 @@ class ModelChoice:
         self._rebuild()
 
     def show(self, model: str) -> None:
-        """Make the combo show ``model`` (a listed name, a bundle path, or "" for the default)."""
-        if model and model not in self.files and model not in {m.name for m in self.models}:
+        """Make the combo show ``model`` (a listed ``name@version`` or bare name, a bundle path, or
+        "" for the default)."""
+        named = [m for m in self.models if m.name == model]
+        if named:  # a bare name (a scene saved when one version was listed): its default or newest
+            from GTVAutoSegLib.catalog import newest
+
+            model = newest(named).key
+        if model and model not in self.files and model not in {m.key for m in self.models}:
             self.files.append(model)
         self.current = model or ""
         self._rebuild()
@@ -57,7 +63,7 @@ class ModelChoice:
         return self.current
 
     def _entries(self) -> list[tuple[str, str]]:
-        entries = [(m.display_name(), m.name) for m in self.models]
+        entries = [(m.display_name(), m.key) for m in self.models]
         if not entries:
             entries.append((NONE_LABEL, ""))
         entries += [(Path(f).name, f) for f in self.files]

@@ -23,6 +23,9 @@ PROBABILITY_TABLE_REFERENCE_ROLE = "GTVAutoSegSliceProbabilities"
 ATTRIBUTE_PREFIX = "GTVAutoSeg."
 THRESHOLD_ATTRIBUTE = ATTRIBUTE_PREFIX + "threshold"
 SEGMENT_ID_ATTRIBUTE = ATTRIBUTE_PREFIX + "segmentID"
+# A volume read from a DICOM folder remembers it, so its result can be exported as DICOM SEG/RTSTRUCT.
+DICOM_FOLDER_ATTRIBUTE = ATTRIBUTE_PREFIX + "dicomFolder"
+DICOM_SERIES_ATTRIBUTE = ATTRIBUTE_PREFIX + "dicomSeriesUID"
 # "user": the reviewer's correction of the classifier's decision on a slice (review.USER_*).
 COLUMNS = ("slice", "probability", "selected", "user", "R", "A", "S")
 
@@ -118,6 +121,9 @@ def _loadDicomFolder(scene, folder: Path, name: str | None):
     storage = volumeNode.GetStorageNode()
     volumeNode.SetAndObserveStorageNodeID(None)
     scene.RemoveNode(storage)
+    volumeNode.SetAttribute(DICOM_FOLDER_ATTRIBUTE, str(folder.resolve()))
+    if image.source is not None and image.source.series_instance_uid:
+        volumeNode.SetAttribute(DICOM_SERIES_ATTRIBUTE, image.source.series_instance_uid)
     return volumeNode
 
 

@@ -38,6 +38,7 @@ MODEL_SOURCE_ATTRIBUTE = ATTRIBUTE_PREFIX + "modelSource"  # what --model was gi
 VOLUME_ATTRIBUTE = ATTRIBUTE_PREFIX + "inputVolumeID"
 TARGET_ATTRIBUTE = ATTRIBUTE_PREFIX + "target"
 VOLUME_CC_ATTRIBUTE = ATTRIBUTE_PREFIX + "volumeCc"
+ANATOMIC_REGION_ATTRIBUTE = ATTRIBUTE_PREFIX + "anatomicRegion"  # of the model's target ("" for none)
 TIMING_STAGES = ("read", "preprocess", "classifier", "segmenter", "inverse", "write")
 
 
@@ -94,7 +95,7 @@ def loadFullRun(scene, run, stem: Path, outputNode, parameters) -> None:
                      defaultTerminology=segmentTerminology(target, region), createSurface=parameters.createSurface)
     for key, value in ((MODEL_ATTRIBUTE, _modelName(report)), (MODEL_SOURCE_ATTRIBUTE, parameters.model or ""),
                        (TARGET_ATTRIBUTE, target), (ATTRIBUTE_PREFIX + "threshold", repr(threshold)),
-                       (VOLUME_ATTRIBUTE, volume.GetID()),
+                       (VOLUME_ATTRIBUTE, volume.GetID()), (ANATOMIC_REGION_ATTRIBUTE, region or ""),
                        (VOLUME_CC_ATTRIBUTE, repr(float(report.get("volume_cc", 0.0))))):
         outputNode.SetAttribute(key, value)
 

@@ -11,9 +11,11 @@ or with plain Python where ``slicer-core`` is installed::
 
     python GTVAutoSeg/Resources/Scripts/batch_segment.py --input a.nrrd b.nii.gz --output out
 
-Writes ``OUTPUT/<case>.seg.nrrd`` for every case that succeeds and ``OUTPUT/summary.csv`` with one
-row per case (status, target volume, slices, time, and the error of a failed case). A failed case is
-reported and the batch goes on. Exit status: 0 all cases segmented, 1 some case failed, 2 usage
+Writes ``OUTPUT/<case>.seg.nrrd`` for every case that succeeds (``--format nrrd,seg,rtstruct`` adds
+``<case>_seg.dcm`` and ``<case>_rtstruct.dcm`` for DICOM series inputs, referencing the series; a
+case's files appear together or not at all) and ``OUTPUT/summary.csv`` with one row per case
+(status, target volume, slices, time, and the error of a failed case). A failed case is reported
+and the batch goes on. Exit status: 0 all cases segmented, 1 some case failed, 2 usage
 error, 3 an unexpected error. No dialog is ever opened.
 """
 
@@ -39,7 +41,9 @@ if importlib.util.find_spec("GTVAutoSegLib") is None and (MODULE_DIR.parent / "G
 
 CT_SUFFIXES = (".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
 SUMMARY_FIELDS = ("case", "input", "status", "segmentation", "target", "volume_cc", "slices_segmented",
-                  "slices_total", "review_slices", "seconds", "error")
+                  "slices_total", "review_slices", "seconds", "error", "dicom")
+# What a case can be written as here (GTVAutoSegLib.outputs.OUTPUT_FORMATS has the file names).
+BATCH_FORMATS = ("nrrd", "seg", "rtstruct")
 EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_CRASHED = 0, 1, 2, 3
 
 
@@ -81,42 +85,49 @@ def writeSummary(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def segmentCase(path: Path, name: str, outputDir: Path, parameters) -> dict:
-    """One case in a private scene: load, segment, save. Raises on failure."""
+def segmentCase(path: Path, name: str, outputDir: Path, parameters, formats=("nrrd",)) -> dict:
+    """One case in a private scene: load, segment, save as ``formats``. Raises on failure."""
     import slicer
 
     from GTVAutoSegSlicerLib import SegmentationLogic
+    from GTVAutoSegSlicerLib.dicomexport import writeDicom
     from GTVAutoSegSlicerLib.errors import GTVAutoSegError
     from GTVAutoSegSlicerLib.nodes import loadVolume
+    from GTVAutoSegSlicerLib.results import ResultNodes
 
+    from GTVAutoSegLib.dicomrt import check_source
     from GTVAutoSegLib.io import read_image
     from GTVAutoSegLib.native import quiet_stderr
+    from GTVAutoSegLib.outputs import DICOM_FORMATS, OUTPUT_FORMATS, atomic_outputs
 
     # The library's reader first: it refuses what Slicer's reader lets through (a truncated NIfTI,
     # NaN voxels, a damaged DICOM series) in one line, and its grid is the one the output must keep.
     inputImage = read_image(path)
+    dicomFormats = [f for f in formats if f in DICOM_FORMATS]
+    if dicomFormats:  # before the model runs: a SEG/RTSTRUCT needs a series it can reference
+        check_source(inputImage.source, path.name)
     scene = slicer.vtkMRMLScene()  # never the user's scene; dropped after the case
     try:
         with quiet_stderr("VTK"):  # vtkITK's multi-line errors; the reason is in the exception
             volume = loadVolume(scene, path, name)
         run = SegmentationLogic(scene).process(volume, parameters=parameters, waitForCompletion=True)
         seg = run.segmentationNode
-        target = outputDir / f"{name}.seg.nrrd"
-        tmp = outputDir / f".{name}.tmp.seg.nrrd"
-        seg.AddDefaultStorageNode()
-        storage = seg.GetStorageNode()
-        storage.SetFileName(str(tmp))
-        if not storage.WriteData(seg) or not tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            raise GTVAutoSegError(f"could not write {target}")
-        try:
-            keepInputGrid(tmp, inputImage)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, target)
+        targets = {fmt: outputDir / f"{name}{OUTPUT_FORMATS[fmt]}" for fmt in formats}
+        with atomic_outputs(targets.values()) as tmps:  # the case's files all or none
+            tmp = dict(zip(targets, tmps))
+            if "nrrd" in tmp:
+                seg.AddDefaultStorageNode()
+                storage = seg.GetStorageNode()
+                storage.SetFileName(str(tmp["nrrd"]))
+                if not storage.WriteData(seg) or not tmp["nrrd"].is_file():
+                    raise GTVAutoSegError(f"could not write {targets['nrrd']}")
+                keepInputGrid(tmp["nrrd"], inputImage)
+            if dicomFormats:
+                writeDicom(ResultNodes.of(scene, seg), {f: tmp[f] for f in dicomFormats})
         report = run.report
-        return {"segmentation": target.name, "target": report.get("model", {}).get("target", ""),
+        return {"segmentation": targets["nrrd"].name if "nrrd" in targets else "",
+                "dicom": " ".join(targets[f].name for f in dicomFormats),
+                "target": report.get("model", {}).get("target", ""),
                 "volume_cc": report.get("volume_cc", ""),
                 "slices_segmented": report.get("slices_segmented", ""), "slices_total": report.get("slices_total", ""),
                 "review_slices": " ".join(str(r.sliceIndex) for r in run.reviewSlices)}
@@ -140,7 +151,24 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="classifier threshold (default: the model's)")
     p.add_argument("--review-margin", type=float, default=0.1, help="list slices this close to the threshold")
     p.add_argument("--surface", action="store_true", help="also store the closed surface in each .seg.nrrd")
+    p.add_argument("--format", type=_formats, default=("nrrd",), metavar="LIST",
+                   help=f"what to write per case, comma-separated from {', '.join(BATCH_FORMATS)} (default nrrd); "
+                        "seg (DICOM SEG) and rtstruct need DICOM series inputs")
     return p
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from GTVAutoSegLib.errors import GTVError
+    from GTVAutoSegLib.outputs import parse_formats
+
+    try:
+        formats = parse_formats(text)
+    except GTVError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    other = [f for f in formats if f not in BATCH_FORMATS]
+    if other:
+        raise argparse.ArgumentTypeError(f"the batch script writes {', '.join(BATCH_FORMATS)}, not {', '.join(other)}")
+    return formats
 
 
 def _deviceName(text: str) -> str:
@@ -191,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         row = {"case": name, "input": str(path)}
         try:
-            row.update(segmentCase(path, name, outputDir, parameters))
+            row.update(segmentCase(path, name, outputDir, parameters, args.format))
             row["status"] = "ok"
             line = (f"ok, {row['target']} {float(row['volume_cc']):.1f} cc on {row['slices_segmented']}/"
                     f"{row['slices_total']} slices")
