@@ -78,6 +78,7 @@ class WebApp(TrameApp):
         self.uploadLimit = int(maxUploadMb * MIB)
         self.uploads = Path(tempfile.mkdtemp(prefix="GTVAutoSeg-uploads-"))
         self._uploadIds = itertools.count(1)
+        self._ctWork: Path | None = None  # the shown CT's unpacked DICOM series, kept for saving SEG/RTSTRUCT
         self.downloads: dict[str, Path] = {}
         self._summaryPending = False
         self._pollTask: asyncio.Task | None = None
@@ -125,8 +126,8 @@ class WebApp(TrameApp):
         s.data_items = self.data.items()
         s.presets = list(WINDOW_PRESETS)
         s.preset = DEFAULT_PRESET
-        s.models = [{"title": m.display_name(), "value": m.name} for m in models]
-        s.model = default.name if default else None
+        s.models = [{"title": m.display_name(), "value": m.key} for m in models]  # name@version: one item each
+        s.model = default.key if default else None
         s.model_card = default.card_text(modelsJsonPath().parent) if default else "No model installed."
         # Until the device query below answers (it imports torch, which takes long): what needs no torch.
         s.devices = [{"title": "Auto (CUDA GPU if any, else CPU)", "value": "auto"}, {"title": "CPU", "value": "cpu"}]
@@ -162,7 +163,7 @@ class WebApp(TrameApp):
         self.state.error = ""
 
     def _modelChanged(self, model=None, **_) -> None:
-        entry = next((m for m in listModels() if m.name == model), None)
+        entry = next((m for m in listModels() if m.key == model), None)
         self.state.model_card = entry.card_text(modelsJsonPath().parent) if entry else ""
 
     async def _queryDevices(self) -> None:
@@ -231,7 +232,7 @@ class WebApp(TrameApp):
             self.showError(f"internal error ({type(exc).__name__}: {exc}); see the server log")
             return web.json_response({"error": "internal error"}, status=500)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            self._dropWork(work)
 
     @_reporting
     async def openDataEntry(self, key) -> None:
@@ -244,6 +245,12 @@ class WebApp(TrameApp):
         try:
             await self._load(path, name, work)
         finally:
+            self._dropWork(work)
+
+    def _dropWork(self, work: Path) -> None:
+        """Remove a load's work folder, unless it holds the shown CT's DICOM series (SEG and RTSTRUCT
+        copy patient and study from its files when saved); that one goes when another CT is loaded."""
+        if work != self._ctWork:
             shutil.rmtree(work, ignore_errors=True)
 
     def _checkCanLoad(self) -> None:
@@ -261,6 +268,12 @@ class WebApp(TrameApp):
             loaded = await asyncio.to_thread(read_ct_file, path, name, work, self.uploadLimit)
             with self.state:
                 self.session.showCt(loaded)
+                previous, self._ctWork = self._ctWork, None
+                source = loaded.image.source
+                if source is not None and Path(source.folder).resolve().is_relative_to(work.resolve()):
+                    self._ctWork = work
+                if previous is not None and previous != work:
+                    shutil.rmtree(previous, ignore_errors=True)
                 image = loaded.image
                 nx, ny, nz = image.array.shape[::-1]
                 spacing = " x ".join(f"{v:.2f}" for v in image.spacing)
@@ -426,7 +439,7 @@ class WebApp(TrameApp):
 
     @_reporting
     def save(self) -> None:
-        paths = self.session.save(self.outputFolder)
+        paths, why = self.session.save(self.outputFolder)
         for path in paths:
             self.downloads[path.name] = path
         with self.state:
@@ -434,6 +447,9 @@ class WebApp(TrameApp):
                                       for p in paths]
             self._log(f"saved {', '.join(str(p) for p in paths)}")
             self.state.status = f"saved into {self.outputFolder}"
+            if why:
+                self._log(why)
+                self.state.status += f" ({why})"
 
     async def _downloadRoute(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]

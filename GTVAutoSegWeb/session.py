@@ -301,11 +301,19 @@ class Session:
 
     # ------------------------------------------------------------------------------ saving
 
-    def save(self, folder: Path) -> list[Path]:
+    def save(self, folder: Path) -> tuple[list[Path], str | None]:
         """Write ``<case>.seg.nrrd`` and ``<case>_label.nii.gz`` of the target (edits included) on
-        the CT's exact grid, with the writers ``gtvautoseg segment`` uses; both appear or neither."""
+        the CT's exact grid, with the writers ``gtvautoseg segment`` uses; for a CT read from a DICOM
+        series also ``<case>_seg.dcm`` (DICOM SEG) and ``<case>_rtstruct.dcm`` (RTSTRUCT) referencing
+        that series. All files appear or none.
+
+        Returns:
+            The files written, and why no DICOM SEG/RTSTRUCT was written for a DICOM series that
+            cannot be referenced (e.g. de-identified without its UIDs), else None.
+        """
         from GTVAutoSegLib import io
-        from GTVAutoSegLib.outputs import atomic_outputs, check_case_name, prepare_output_dir
+        from GTVAutoSegLib.dicomrt import ResultDescription, check_source, on_series_grid, write_dicom
+        from GTVAutoSegLib.outputs import DICOM_FORMATS, OUTPUT_FORMATS, atomic_outputs, check_case_name, prepare_output_dir
         from GTVAutoSegLib.segfile import Terminology, target_color
 
         if self.segmentation is None or self.ct is None:
@@ -315,13 +323,28 @@ class Session:
         mask = self.ct.image.with_array(self.mask())
         segment = self.segmentation.GetSegmentation().GetSegment(self.segmentId())
         target = self.segmentation.GetAttribute(TARGET_ATTRIBUTE) or segment.GetName()
-        region = self.report.get("model", {}).get("anatomic_region") or None
-        paths = [folder / f"{name}.seg.nrrd", folder / f"{name}_label.nii.gz"]
-        with atomic_outputs(paths) as (segTmp, labelTmp):
-            io.write_seg_nrrd(mask, segTmp, name=segment.GetName(), color=target_color(target),
+        model = self.report.get("model", {})
+        region = model.get("anatomic_region") or None
+        formats, why = ["nrrd", "nifti"], None
+        if self.ct.image.source is not None:
+            try:
+                check_source(self.ct.image.source, f"the CT {self.ct.name}")
+                formats += DICOM_FORMATS
+            except GTVError as exc:
+                why = f"no DICOM SEG/RTSTRUCT: {exc}"
+        paths = [folder / f"{name}{OUTPUT_FORMATS[fmt]}" for fmt in formats]
+        with atomic_outputs(paths) as tmps:
+            tmp = dict(zip(formats, tmps))
+            io.write_seg_nrrd(mask, tmp["nrrd"], name=segment.GetName(), color=target_color(target),
                               terminology=Terminology.for_target(target, region))
-            io.write_labelmap(mask, labelTmp)
-        return paths
+            io.write_labelmap(mask, tmp["nifti"])
+            if len(formats) > 2:
+                description = ResultDescription(target, model.get("name") or "GTVAutoSeg",
+                                                str(model.get("version") or "unknown"), region)
+                onSeries = on_series_grid(mask, self.ct.image, f"the segment of {self.ct.name}")
+                for fmt in DICOM_FORMATS:
+                    write_dicom(fmt, onSeries, tmp[fmt], description)
+        return paths, why
 
     def close(self) -> None:
         if self.logic.isRunning():

@@ -23,6 +23,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from GTVAutoSegLib import io
+
+from dicomreadback import rasterise_rtstruct, same_voxels_same_grid, seg_by_highdicom
 from webpage import (
     CHROMIUM,
     OverlayFinder,
@@ -88,10 +91,10 @@ def page(server, tmp_path_factory):
         browser.close()
 
 
-def _cli(path: Path, out: Path) -> np.ndarray:
+def _cli(path: Path, out: Path, *extra: str) -> np.ndarray:
     """What ``gtvautoseg segment`` gives for the same file: its label map."""
     done = subprocess.run([sys.executable, "-m", "GTVAutoSegLib.cli", "segment", str(path), "-o", str(out),
-                           "--progress", "none", "--name", "cli"], capture_output=True, text=True, timeout=600)
+                           "--progress", "none", "--name", "cli", *extra], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return sitk.GetArrayFromImage(sitk.ReadImage(str(out / "cli_label.nii.gz")))
 
@@ -132,8 +135,47 @@ def test_zipped_dicom_series_segments_as_the_cli_does(page, server, shared_data,
     assert page.is_visible("#view-axial") and page.is_visible("#view-3d")
     shown = _segment(page)
     assert "error" not in page.inner_text("#status").lower()
-    assert shown == int(_cli(series, tmp_path / "cli").sum())
+    reference = _cli(series, tmp_path / "cli")
+    assert shown == int(reference.sum())
     assert "cli.seg.nrrd" not in page.inner_text("#log")  # the page's run is its own, in its own folder
+
+    # This series was de-identified without its study UID: saved as .seg.nrrd and NIfTI, and the page
+    # says why there is no DICOM SEG/RTSTRUCT (one cannot reference a series without it).
+    page.click("#save-button")
+    page.wait_for_selector("a.download-link:has-text('totalseg_ct20_label.nii.gz')")
+    assert not page.is_visible("#error-alert")
+    assert "no DICOM SEG/RTSTRUCT" in page.inner_text("#log") and "StudyInstanceUID" in page.inner_text("#status")
+    assert sorted(p.name for p in server["output"].glob("totalseg_ct20*")) == [
+        "totalseg_ct20.seg.nrrd", "totalseg_ct20_label.nii.gz"]
+    saved = io.read_mask(server["output"] / "totalseg_ct20_label.nii.gz")
+    assert saved.same_grid(io.read_image(series)) and int(saved.array.sum()) == shown
+
+
+def test_a_dicom_series_is_saved_as_seg_and_rtstruct_referencing_it(page, server, shared_data, tmp_path):
+    series = shared_data / "dicom" / "dcmqi_ct3"
+    archive = tmp_path / "dcmqi_ct3.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(series.iterdir()):
+            zf.write(f, f"dcmqi_ct3/{f.name}")
+    _upload(page, archive, "dcmqi_ct3: 512 x 512 x 3")
+    shown = _segment(page)
+    assert shown == int(_cli(series, tmp_path / "cli").sum())
+    page.click("#save-button")
+    page.wait_for_selector("a.download-link:has-text('dcmqi_ct3_rtstruct.dcm')")
+    assert not page.is_visible("#error-alert")
+    out = server["output"]
+    ct = io.read_image(series)
+    saved = io.read_mask(out / "dcmqi_ct3_label.nii.gz")
+    assert saved.same_grid(ct) and int(saved.array.sum()) == shown
+    read, seg = seg_by_highdicom(out / "dcmqi_ct3_seg.dcm")
+    assert same_voxels_same_grid(read, saved)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.source.series_instance_uid
+    filled, _, rt = rasterise_rtstruct(out / "dcmqi_ct3_rtstruct.dcm", ct)
+    assert np.array_equal(filled, saved.array)
+    assert rt.StructureSetROISequence[0].ROIName == "PTV70"
+    with page.expect_download() as download:
+        page.click("a.download-link:has-text('dcmqi_ct3_seg.dcm')")
+    assert Path(download.value.path()).read_bytes() == (out / "dcmqi_ct3_seg.dcm").read_bytes()
 
 
 def test_nifti_click_path_paint_erase_undo_save(page, server, shared_data, tmp_path):
@@ -150,8 +192,8 @@ def test_nifti_click_path_paint_erase_undo_save(page, server, shared_data, tmp_p
     # Paint: hover, then drag a short stroke across tissue away from the contour.
     page.click("#effect-paint")
     finder.save(tmp_path / "axial_before_paint.png")
-    paintAt = finder.tissueAwayFromOverlay(margin=30, dx=20)
-    finder.stroke(page, paintAt, dx=20)
+    paintAt = finder.tissueAwayFromOverlay(margin=16, dx=12)
+    finder.stroke(page, paintAt, dx=12)
     painted = _shownVoxels(page, lambda n: n > model, "the paint stroke to add voxels")
     # Erase: a stroke through the contour's centre.
     page.click("#effect-erase")
@@ -229,3 +271,25 @@ def test_corrupt_upload_shows_the_cli_message_and_the_server_keeps_serving(page,
     page.wait_for_selector("#ct-info:has-text('pt_201: 128 x 128 x 128')")
     assert not page.is_visible("#error-alert")
     assert server["process"].poll() is None
+
+
+def test_the_model_selector_runs_the_version_chosen(page, server, shared_data, tmp_path):
+    """Both shipped versions share a name: the list shows each once, the card follows the choice,
+    and a run uses exactly the version chosen (the same voxels as the CLI with that version)."""
+    if "pt_201: 128 x 128 x 128" not in page.inner_text("#ct-info"):
+        page.click("#data-select")
+        page.click(".v-list-item:has-text('pt_201/ct.nii.gz')")
+        page.wait_for_selector("#ct-info:has-text('pt_201: 128 x 128 x 128')")
+    select = page.locator("#model-select").locator("xpath=ancestor::div[contains(@class, 'v-select')][1]")
+    assert select.locator(".v-select__selection").count() == 1
+    assert "(0.2.0)" in select.inner_text()
+    page.click("text=Model card")
+    page.wait_for_selector("#model-card:has-text('hcf-openkbp-ptv70 0.2.0')")
+    select.locator(".v-field").click()  # where a user clicks: the field (its text covers the input)
+    page.click(".v-list-item:has-text('(0.1.0)')")
+    page.wait_for_selector("#model-card:has-text('hcf-openkbp-ptv70 0.1.0')")
+    assert select.locator(".v-select__selection").count() == 1 and "(0.1.0)" in select.inner_text()
+    shown = _segment(page)
+    assert "hcf-openkbp-ptv70@0.1.0" in page.inner_text("#log")
+    ct = shared_data / "openkbp" / "validation" / "pt_201" / "ct.nii.gz"
+    assert shown == int(_cli(ct, tmp_path / "cli", "--model", "hcf-openkbp-ptv70@0.1.0").sum())

@@ -10,23 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-CHROMIUM = "/usr/bin/chromium"
+from GTVAutoSegWeb.browser import CHROMIUM
+from GTVAutoSegWeb.browser import browser_args as browserArgs
+from GTVAutoSegWeb.browser import wait_for as waitFor
 
-
-def browserArgs() -> list[str]:
-    """Flags for Debian's chromium here: no sandbox as root, no GPU, and none of its background
-    connections (this machine's closed network refuses them, many at a time)."""
-    return ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-
-
-def waitFor(condition, timeoutSeconds: float, what: str, interval: float = 0.25) -> None:
-    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeoutSeconds``."""
-    deadline = time.monotonic() + timeoutSeconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeoutSeconds:.0f} s waiting for {what}")
-        time.sleep(interval)
+__all__ = ["CHROMIUM", "browserArgs", "waitFor", "childrenOf", "segmentVoxels", "OverlayFinder"]
 
 
 def childrenOf(pid: int) -> list[int]:
