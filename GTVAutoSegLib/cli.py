@@ -368,6 +368,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from GTVAutoSegWeb.server import serve  # trame and slicer-core only for this command
+
+    return serve(args.host, args.port, args.data, args.output, args.allow_remote, args.max_upload_mb)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """Usage errors in one line on stderr and exit status 2, like every other refusal."""
 
@@ -437,6 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?", default=None, help="model name or bundle path (default: the default model)")
     i.add_argument("--list", action="store_true", help="list the models in Resources/Models.json")
     i.set_defaults(func=_cmd_info)
+
+    w = sub.add_parser("serve", help="the web app (3D Slicer views in the browser)",
+                       description="Serve the GTVAutoSeg web app: load a CT, segment, review and correct, save.")
+    w.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1, this computer only)")
+    w.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    w.add_argument("--data", default=None, metavar="DIR", help="a server folder whose CTs the page can open")
+    w.add_argument("--output", default=None, metavar="DIR", help="where Save writes (default ./gtvautoseg-web)")
+    w.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest upload accepted (default 1024)")
+    w.add_argument("--allow-remote", action="store_true",
+                   help="allow a --host other than this computer; the app has NO authentication")
+    w.set_defaults(func=_cmd_serve)
     return p
 
 

@@ -17,3 +17,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi
+# gtvautoseg serve draws its views offscreen with OSMesa (a Debian package; a warning elsewhere).
+bash scripts/setup_system.sh gl || echo "setup.sh: gtvautoseg serve needs OSMesa (Debian: libosmesa6); the rest works without it" >&2

@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The browser tests (tests/test_web_*.py) drive Debian's chromium.
+bash scripts/setup_system.sh browser
 # dicom3tools' dciodvfy checks the DICOM SEG/RTSTRUCT we write (tests/test_dicom_export.py); it is a
 # Debian package, not a Python one. Without root or apt the tests that need it skip and say why.
 if ! command -v dciodvfy >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
