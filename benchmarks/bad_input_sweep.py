@@ -108,7 +108,7 @@ def _outputs_match(out: Path, reference_input: Path, clean_masks: dict, key: str
 
 
 def _judge(run: Run, rc, err: str, case_dir: Path, hashes: dict, message: str = "",
-           out: Path | None = None, accepted_check=None, refuse_codes=(2,)) -> None:
+           out: Path | None = None, accepted_check=None, refuse_codes=(2,), prefix="gtvautoseg: error:") -> None:
     run.rc = rc
     lines = [line for line in err.strip().splitlines() if line.strip()]
     run.stderr_lines = len(lines)
@@ -124,7 +124,7 @@ def _judge(run: Run, rc, err: str, case_dir: Path, hashes: dict, message: str = 
     if rc is None:
         return
     if rc in refuse_codes and run.expected in ("refuse", "either"):
-        if run.kind == "cli" and (len(lines) != 1 or not lines[0].startswith("gtvautoseg: error:")):
+        if run.kind == "cli" and (len(lines) != 1 or not lines[0].startswith(prefix)):
             run.problems.append(f"refusal not in one line ({len(lines)} lines)")
         if message and message.lower() not in err.lower():
             run.problems.append(f"message lacks {message!r}")
@@ -288,7 +288,9 @@ class Sweep:
                 _, err = proc.communicate()
                 rc = None
             run = Run(f"signal:{signum.name}@{delay}s", "cli", "either", seconds=time.monotonic() - started)
-            _judge(run, rc, err, folder, hashes, "", out, None, refuse_codes=(130, 143))
+            # an interruption is not a refusal: one line, "gtvautoseg: terminated" or "... interrupted"
+            _judge(run, rc, err, folder, hashes, "", out, None, refuse_codes=(130, 143),
+                   prefix=("gtvautoseg: terminated" if signum == signal.SIGTERM else "gtvautoseg: interrupted"))
             written = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
             if written not in ([], ["pt_201.seg.nrrd", "pt_201_label.nii.gz", "pt_201_overview.png", "pt_201_report.json"]):
                 run.problems.append(f"half a set of outputs: {written}")
@@ -299,7 +301,15 @@ class Sweep:
     def resources(self) -> None:
         """A full disk (file-size limit: writes fail with EFBIG), and permissions as a non-root user."""
         ct = phantom_ct()
-        for limit in (2_000, 60_000):
+        # RLIMIT_FSIZE caps each file: 2,000 bytes stops the first file; one byte under the largest
+        # output of an unlimited run lets the smaller files through and stops the largest mid-write.
+        folder = self.folder("full/unlimited")
+        path = bad_input_cases._write(ct, folder / "pt_1" / "ct.nii.gz")
+        _execute([*CLI, "segment", str(path), "-o", str(folder / "out"), "--model", str(self.model), "--device",
+                  "cpu", "--png", "--progress", "none"], self.timeout)
+        sizes = sorted(f.stat().st_size for f in (folder / "out").iterdir()) if (folder / "out").is_dir() else []
+        limits = [2_000] + ([sizes[-1] - 1] if len(sizes) > 1 and sizes[0] < sizes[-1] - 1 else [])
+        for limit in limits:
             folder = self.folder(f"full/{limit}")
             path = bad_input_cases._write(ct, folder / "pt_1" / "ct.nii.gz")
             hashes = _sha([path])
@@ -403,6 +413,9 @@ class Sweep:
         self.record(run)
 
 
+PARTS = ("table", "damaged_files", "dicom", "batch", "signals", "resources", "evaluate_and_many")
+
+
 def summarise(runs: list[Run]) -> dict:
     def count(word):
         return sum(any(word in p for p in r.problems) for r in runs)
@@ -428,6 +441,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="folder for the cases (default: a temporary one, removed)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds before a run counts as a hang")
     p.add_argument("--json", default=None, help="also write every run and the summary here")
+    p.add_argument("--parts", default=None, help="comma-separated subset of: " + ", ".join(PARTS))
     args = p.parse_args(argv)
     if args.table:
         print(markdown_table())
@@ -441,9 +455,13 @@ def main(argv=None) -> int:
     started = time.monotonic()
     try:
         sweep.clean_reference()
-        for part in (sweep.table, sweep.damaged_files, sweep.dicom, sweep.batch, sweep.signals, sweep.resources,
-                     sweep.evaluate_and_many):
-            part()
+        chosen = args.parts.split(",") if args.parts else list(PARTS)
+        unknown = sorted(set(chosen) - set(PARTS))
+        if unknown:
+            p.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+        for part in PARTS:
+            if part in chosen:
+                getattr(sweep, part)()
     finally:
         summary = summarise(sweep.runs)
         stray = sorted({p.name for p in Path(tempfile.gettempdir()).glob("GTVAutoSeg-*")} - temp_before)
