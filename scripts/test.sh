@@ -3,8 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The browser tests (tests/test_web_*.py) drive Debian's chromium.
-bash scripts/setup_system.sh browser
+# The browser tests (tests/test_web_app.py) drive Debian's chromium. Without it they fail and say
+# so; the rest of the suite still runs.
+bash scripts/setup_system.sh browser \
+  || echo "scripts/test.sh: chromium could not be installed; the browser tests will fail" >&2
 # dicom3tools' dciodvfy checks the DICOM SEG/RTSTRUCT we write (tests/test_dicom_export.py); it is a
 # Debian package, not a Python one. Without root or apt the tests that need it skip and say why.
 if ! command -v dciodvfy >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
