@@ -255,6 +255,9 @@ def cmd_batch(args) -> int:
                                ("--cpus-per-worker", args.cpus_per_worker, 0.01)):
         if value is not None and not value >= least:
             raise GTVError(f"{flag} must be at least {least:g}, got {value}")
+    if args.ray not in (None, "local") and Path(args.ray).exists():  # --ray took the first input as its ADDRESS
+        raise GTVError(f"--ray {args.ray}: that is a path, not a Ray address; put --ray after the inputs or "
+                       "write --ray=ADDRESS")
     cases = find_cases(args.input)
     if not cases:
         raise GTVError("no CT found in the inputs")

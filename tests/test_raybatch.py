@@ -75,6 +75,13 @@ def test_batch_refuses_a_model_it_cannot_load_in_one_line(cohort, tmp_path, caps
     _refuses_a_missing_model(cohort[0], tmp_path, capsys)
 
 
+def test_batch_refuses_an_input_taken_for_the_ray_address(cohort, tmp_path, capsys):
+    cts, model, _ = cohort
+    rc = main(["batch", "--ray", str(cts), str(cts / "case0.nii.gz"), "-o", str(tmp_path / "out"), "--model", str(model)])
+    assert rc == 2 and "that is a path, not a Ray address" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_remove_temporaries_takes_what_a_killed_writer_left_and_nothing_else(tmp_path):
     target = tmp_path / "pt.seg.nrrd"
     (tmp_path / ".pt.tmp-0123abcd.seg.nrrd").write_bytes(b"half")  # as atomic_output names them
