@@ -485,6 +485,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .device import passive_cpu_threads
+
+    passive_cpu_threads()  # before anything imports torch
     with terminate_as_interrupt():
         try:
             return _main(argv)

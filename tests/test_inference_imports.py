@@ -46,6 +46,21 @@ def test_segment_with_the_default_model_imports_only_what_inference_needs(tmp_pa
     assert not loaded & set(NOT_ON_THE_INFERENCE_PATH)
 
 
+@pytest.mark.parametrize("preset,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_cli_lets_idle_cpu_threads_sleep_unless_the_user_chose(preset, expected):
+    # OpenMP reads the policy when torch loads it: it must be set before torch is imported.
+    code = ("import os, sys\n"
+            "from GTVAutoSegLib.cli import main\n"
+            "rc = main(['info', '--list'])\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == expected
+
+
 @pytest.mark.parametrize("dims,res_units,channels,shape", [
     (2, 0, (32, 64, 128, 256, 512), (2, 3, 64, 64)),   # the shipped 2.5D U-Net
     (2, 2, (32, 64, 128, 256, 512), (1, 1, 32, 32)),   # resunet
