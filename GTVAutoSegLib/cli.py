@@ -90,14 +90,33 @@ def _case_outputs(outdir: Path, name: str, formats: tuple[str, ...], png: bool) 
     return paths
 
 
-def _cmd_segment(args: argparse.Namespace) -> int:
-    from . import io
+def open_segmenter(args: argparse.Namespace):
+    """The model and its :class:`Segmenter` as the ``segment`` flags ask (a listed model not here
+    yet is downloaded first, with progress). Built once per process: ``gtvautoseg batch`` workers
+    keep it for all their cases."""
     from .bundle import PostprocessSpec, open_model
     from .catalog import prefetch
+    from .pipeline import Segmenter
+
+    fetching = _Progress(args.progress)
+    prefetch(args.model, progress=fetching)  # a listed model not here yet is downloaded now, with progress
+    fetching.close()
+    bundle = open_model(args.model)
+    post = None
+    if args.keep_largest is not None:
+        post = PostprocessSpec(keep_largest=args.keep_largest,
+                               min_component_cc=bundle.postprocess.min_component_cc)
+    return Segmenter(bundle, device=args.device, threshold=args.threshold,
+                     use_classifier=not args.no_classifier, postprocess=post)
+
+
+def _cmd_segment(args: argparse.Namespace, segmenter=None) -> int:
+    """``segmenter``: one already built by :func:`open_segmenter` with the same flags (a batch
+    worker's), else it is built here."""
+    from . import io
     from .inputcheck import check_input_path
     from .metrics import evaluate_case
     from .outputs import atomic_outputs, name_max, prepare_output_dir, refuse_overwriting_inputs
-    from .pipeline import Segmenter
     from .report import write_json, write_overview_png
     from .dicomrt import ResultDescription, on_series_grid, write_dicom
     from .segfile import Terminology, target_color
@@ -121,18 +140,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     selection = _slice_selection(args)
     if selection is not None and len(inputs) != 1:
         raise GTVError("slice choices (--include-slices and the like) go with exactly one input")
-    fetching = _Progress(args.progress)
-    prefetch(args.model, progress=fetching)  # a listed model not here yet is downloaded now, with progress
-    fetching.close()
-    bundle = open_model(args.model)
+    seg = segmenter if segmenter is not None else open_segmenter(args)
+    bundle = seg.bundle
     terminology = Terminology.for_target(bundle.target, bundle.anatomic_region or None)
     description = ResultDescription.of_bundle(bundle)
-    post = None
-    if args.keep_largest is not None:
-        post = PostprocessSpec(keep_largest=args.keep_largest,
-                               min_component_cc=bundle.postprocess.min_component_cc)
-    seg = Segmenter(bundle, device=args.device, threshold=args.threshold,
-                    use_classifier=not args.no_classifier, postprocess=post)
     model_file = Path(args.model) if args.model and Path(args.model).is_file() else None
     guarded = [*inputs, args.reference, args.dicom_reference, model_file]
     failures = 0
@@ -454,10 +465,45 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--allow-remote", action="store_true",
                    help="allow a --host other than this computer; the app has NO authentication")
     w.set_defaults(func=_cmd_serve)
+    b = sub.add_parser("batch", help="segment a cohort, serially or on a Ray cluster",
+                       description="Segment every CT in the inputs (files; a folder gives its CT files, else each "
+                                   "subfolder as a DICOM series) into OUTDIR exactly as 'segment' does, with the model "
+                                   "loaded once per worker, and write OUTDIR/summary.csv (one row per case). A case "
+                                   "that fails is reported and the others go on; exit status 2 if any failed.")
+    b.add_argument("input", nargs="+", help="CT files, folders of CT files, or folders of DICOM series")
+    b.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
+    b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray (pip install 'gtvautoseg[ray]'): alone, a local Ray on this machine; with an "
+                        "ADDRESS (auto, HOST:6379 or ray://HOST:10001), that cluster")
+    b.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray workers, each holding the model (default: the cluster's CPUs / --cpus-per-worker)")
+    b.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs Ray reserves per worker (default 1)")
+    b.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="times a case is retried when its Ray worker dies (default 2)")
+    b.add_argument("--summary", default="summary.csv", metavar="NAME", help="summary file name in OUTDIR")
+    b.add_argument("--model", default=None, help="model name or bundle path (default: the default model)")
+    b.add_argument("--device", default="auto", type=_device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    b.add_argument("--threshold", type=_probability, default=None, help="slice gate threshold (default: the model's)")
+    b.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest 3D components")
+    b.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice")
+    b.add_argument("--format", type=_formats, default=DEFAULT_FORMATS, metavar="LIST",
+                   help=f"what to write per case, from {', '.join(OUTPUT_FORMATS)} (default {','.join(DEFAULT_FORMATS)})")
+    b.add_argument("--png", action="store_true", help="also write NAME_overview.png per case")
+    b.add_argument("--progress", default="bar", choices=["bar", "lines", "none"], help="progress over cases")
+    b.set_defaults(func=_cmd_batch)
     return p
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .raybatch import cmd_batch
+
+    return cmd_batch(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .device import passive_cpu_threads
+
+    passive_cpu_threads()  # before anything imports torch
     with terminate_as_interrupt():
         try:
             return _main(argv)

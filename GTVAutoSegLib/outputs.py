@@ -20,6 +20,7 @@ import os
 import secrets
 import signal
 import threading
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -95,14 +96,33 @@ def split_suffix(name: str) -> tuple[str, str]:
     return (stem, dot + ext) if dot and stem else (name, "")
 
 
-def _temporary_path(path: Path) -> Path:
+def _temporary_parts(path: Path) -> tuple[str, str]:
+    """Temporary names are ``.{short}.tmp-{8 hex}{suffix}``: ``(short, suffix)`` for ``path``."""
     stem, suffix = split_suffix(path.name)
     room = name_max(path.parent) - len(f"..tmp-12345678{suffix}".encode())
-    short = stem.encode()[: max(room, 1)].decode("utf-8", "ignore") or "o"
+    return stem.encode()[: max(room, 1)].decode("utf-8", "ignore") or "o", suffix
+
+
+def _temporary_path(path: Path) -> Path:
+    short, suffix = _temporary_parts(path)
     while True:
         tmp = path.parent / f".{short}.tmp-{secrets.token_hex(4)}{suffix}"
         if not tmp.exists():
             return tmp
+
+
+def remove_temporaries(path: str | Path) -> int:
+    """Remove the temporary files that :func:`atomic_output` left beside ``path`` when its process
+    was killed (``finally`` never ran); returns how many. Only for a writer that knows no other
+    process is writing ``path`` now (a batch retrying a case whose worker died)."""
+    path = Path(path)
+    short, suffix = _temporary_parts(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{glob_escape(short)}.tmp-????????{glob_escape(suffix)}"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed += 1
+    return removed
 
 
 def _write_error(path: Path, exc: BaseException) -> GTVError:

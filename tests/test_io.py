@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from GTVAutoSegLib import io
+from GTVAutoSegLib import io, segfile
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.image import Image
 from GTVAutoSegLib.io import (
@@ -631,3 +631,14 @@ def test_gzip_nrrd_with_a_damaged_stream_is_refused(tmp_path):
     with pytest.raises(GTVError) as e:
         read_image(path)
     assert "truncated or corrupt" in one_line_error(e) or "truncated" in one_line_error(e)
+
+
+def test_seg_nrrd_bytes_depend_on_the_mask_only(tmp_path):
+    # pynrrd stamps the time into a header comment; we drop it so that a re-run (or a Ray batch
+    # worker) writes the same file, checkable by hash.
+    write_seg_nrrd(synthetic_mask(), tmp_path / "a.seg.nrrd")
+    data = (tmp_path / "a.seg.nrrd").read_bytes()
+    assert b"(GMT)" not in data[:300] and data.startswith(b"NRRD0005\n")
+    segfile.regrid_seg_nrrd(tmp_path / "a.seg.nrrd", synthetic_mask())
+    assert b"(GMT)" not in (tmp_path / "a.seg.nrrd").read_bytes()[:300]
+    assert read_seg_nrrd(tmp_path / "a.seg.nrrd")[0].same_grid(synthetic_mask())

@@ -26,7 +26,7 @@ BASIC_UNET_FEATURES = [32, 32, 64, 128, 256, 32]  # MONAI's default
 
 
 def _unet(cfg: NetConfig) -> nn.Module:
-    from monai.networks.nets import UNet
+    from .unet import UNet  # MONAI's module for module, without importing MONAI (inference imports it)
 
     p = cfg.params
     return UNet(
@@ -46,13 +46,13 @@ _UNET_PARAMS = {"channels": UNET_CHANNELS, "strides": UNET_STRIDES, "norm": "ins
 
 @register("unet", kind="segmenter", params={**_UNET_PARAMS, "num_res_units": 0})
 def _build_unet(cfg: NetConfig) -> nn.Module:
-    """MONAI UNet, plain double-conv units."""
+    """MONAI's UNet (``models/unet.py``), plain double-conv units."""
     return _unet(cfg)
 
 
 @register("resunet", kind="segmenter", params={**_UNET_PARAMS, "num_res_units": 2})
 def _build_resunet(cfg: NetConfig) -> nn.Module:
-    """MONAI UNet with two residual units per level."""
+    """MONAI's UNet (``models/unet.py``) with two residual units per level."""
     return _unet(cfg)
 
 

@@ -1,0 +1,279 @@
+"""``gtvautoseg batch``: a cohort of CTs, serially here or on a Ray cluster (local or remote).
+
+Each case goes through exactly the code of ``gtvautoseg segment`` (:func:`cli._cmd_segment`: the
+same checks, output names and atomic writes), with the model loaded once per worker
+(:class:`CaseWorker`). With Ray, one actor per worker holds the model; a case whose worker dies is
+retried on the restarted worker: the dead worker's temporary files are removed first and the
+outputs only ever appear by rename, so a retry is safe and nothing partial is left. A case that
+fails is a row in the summary CSV and the others go on.
+
+Ray is an optional extra (``pip install gtvautoseg[ray]``); it is imported only for ``--ray``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io as _io
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from .errors import GTVError
+
+SUMMARY_FIELDS = ("case", "input", "status", "outputs", "target", "volume_cc", "slices_segmented",
+                  "slices_total", "seconds", "worker", "error")
+# The ``segment`` flags a batch passes on to every case (the rest: input, -o, --name, --progress, are per case).
+_FORWARDED = (("model", "--model"), ("device", "--device"), ("threshold", "--threshold"),
+              ("keep_largest", "--keep-largest"))
+
+
+def find_cases(inputs: list[str | Path]) -> list[Path]:
+    """Files as given; a folder gives the CT files directly in it, or, when it holds none, each
+    subfolder (a DICOM series), or else itself (a folder of DICOM files)."""
+    from .cli import IMAGE_SUFFIXES
+
+    suffixes = tuple(s for s in IMAGE_SUFFIXES if s != ".seg.nrrd")
+    cases: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_dir():
+            cases.append(path)  # a missing file is reported as that case's failure
+            continue
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        files = [p for p in entries if p.is_file() and p.name.lower().endswith(suffixes)
+                 and not p.name.lower().endswith(".seg.nrrd")]
+        folders = [p for p in entries if p.is_dir()]
+        cases += files or folders or [path]
+    return cases
+
+
+def case_names(paths: list[Path]) -> list[str]:
+    """``cli.case_name`` of each path, refused when two give one name (one would overwrite the other)."""
+    from .cli import case_name
+
+    names, seen = [], {}
+    for path in paths:
+        name = case_name(path) if path.exists() else path.name.split(".")[0]
+        other = seen.setdefault(name.casefold(), path)
+        if other is not path:
+            raise GTVError(f"inputs {other} and {path} both give the case name '{name}'; run them into "
+                           "different -o folders")
+        names.append(name)
+    return names
+
+
+def segment_flags(args) -> list[str]:
+    """The ``segment`` command-line flags that every case of this batch gets."""
+    from .outputs import OUTPUT_FORMATS
+
+    flags = []
+    for attr, flag in _FORWARDED:
+        value = getattr(args, attr)
+        if value is not None:
+            flags += [flag, str(value)]
+    flags += ["--format", ",".join(f for f in OUTPUT_FORMATS if f in args.format)]
+    if args.no_classifier:
+        flags.append("--no-classifier")
+    if args.png:
+        flags.append("--png")
+    return flags
+
+
+class CaseWorker:
+    """Loads the model once; then segments, writes and reports one case per :meth:`run` call.
+
+    Args:
+        flags: ``segment`` flags (:func:`segment_flags`) shared by all cases.
+        keep_error: a model that cannot be loaded is kept as :attr:`error` instead of raised (a Ray
+            actor whose creation raises is restarted in vain; the driver asks :meth:`ready` instead).
+    """
+
+    def __init__(self, flags: list[str], keep_error: bool = False):
+        from .cli import build_parser, open_segmenter
+
+        self.flags = list(flags)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.error: str | None = None
+        args = build_parser().parse_args(["segment", "-", "-o", ".", "--progress", "none", *self.flags])
+        try:
+            self.segmenter = open_segmenter(args)
+        except GTVError as exc:
+            if not keep_error:
+                raise
+            self.error = str(exc)
+
+    def ready(self) -> str | None:
+        """None when the model is loaded, else why not."""
+        return self.error
+
+    def run(self, path: str, name: str, outdir: str) -> dict:
+        """One case -> its summary row; never raises for the case's own problems."""
+        from .cli import _case_outputs, _cmd_segment, build_parser
+        from .outputs import remove_temporaries
+
+        row = {"case": name, "input": str(path), "worker": self.worker}
+        t0 = time.perf_counter()
+        args = build_parser().parse_args(["segment", str(path), "-o", str(outdir), "--name", name,
+                                          "--progress", "none", *self.flags])
+        targets = _case_outputs(Path(outdir), name, args.format, args.png)
+        try:
+            # A worker that died in this case (this is then a retry) left its temporary files behind.
+            for target in targets.values():
+                remove_temporaries(target)
+            with contextlib.redirect_stdout(_io.StringIO()):  # the one-line case summary; the CSV has it
+                _cmd_segment(args, segmenter=self.segmenter)
+            report = json.loads(targets["report"].read_text())
+            row.update(status="ok", outputs=" ".join(sorted(report["outputs"].values())),
+                       target=report["model"]["target"], volume_cc=report["volume_cc"],
+                       slices_segmented=report["slices_segmented"], slices_total=report["slices_total"])
+        except GTVError as exc:
+            row.update(status="failed", error=str(exc))
+        except Exception as exc:  # noqa: BLE001  (an unexpected error fails this case, not the batch)
+            row.update(status="failed", error=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        return row
+
+
+class _CaseProgress:
+    """A tqdm bar over cases (humans), parseable lines, or nothing."""
+
+    def __init__(self, mode: str, total: int):
+        self.mode, self.total, self.done, self.bar = mode, total, 0, None
+        if mode == "bar" and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="cases", unit="case", file=sys.stderr)
+
+    def __call__(self, row: dict) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if row["status"] != "ok":
+                self.bar.write(f"gtvautoseg: error: {row['input']}: {row.get('error', '')}", file=sys.stderr)
+        elif self.mode == "lines":
+            print(f"PROGRESS {100.0 * self.done / max(self.total, 1):.1f} {row['case']} {row['status']}", flush=True)
+        elif row["status"] != "ok":
+            print(f"gtvautoseg: error: {row['input']}: {row.get('error', '')}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_serial(cases: list[Path], names: list[str], outdir: Path, flags: list[str], progress) -> list[dict]:
+    """All cases in this process, one after the other, with one model."""
+    worker = CaseWorker(flags)
+    rows = []
+    for path, name in zip(cases, names):
+        rows.append(worker.run(str(path), name, str(outdir)))
+        progress(rows[-1])
+    return rows
+
+
+def run_ray(cases: list[Path], names: list[str], outdir: Path, flags: list[str], progress, address: str | None,
+            workers: int | None, cpus_per_worker: float, retries: int) -> list[dict]:
+    """The cases over a pool of Ray actors, each holding the model; ``address`` None starts a local
+    Ray on this machine, else it is a running cluster's (``auto``, ``HOST:6379`` or ``ray://HOST:10001``).
+
+    A worker process that dies is restarted and its case retried up to ``retries`` times; after
+    that the case is reported failed and a fresh worker takes the remaining cases.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise GTVError("--ray needs Ray: pip install 'gtvautoseg[ray]' (or pip install ray)") from None
+    from ray.exceptions import RayError
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address is None:
+            ray.init(num_cpus=int(max(1, workers or 0) * cpus_per_worker) if workers else None,
+                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        if workers is None:
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_worker))
+        workers = max(1, min(workers, len(cases)))
+        Actor = ray.remote(num_cpus=cpus_per_worker, max_restarts=retries, max_task_retries=retries)(CaseWorker)
+        pool = [Actor.remote(flags, keep_error=True) for _ in range(workers)]
+        problem = next((e for e in ray.get([a.ready.remote() for a in pool]) if e), None)
+        if problem:
+            raise GTVError(problem)
+        todo = list(range(len(cases)))[::-1]
+        pending: dict = {}
+        rows: list[dict | None] = [None] * len(cases)
+
+        def submit(actor) -> None:
+            if todo:
+                i = todo.pop()
+                pending[actor.run.remote(str(cases[i]), names[i], str(outdir))] = (actor, i)
+
+        for actor in pool:
+            submit(actor)
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            actor, i = pending.pop(ref)
+            try:
+                row = ray.get(ref)
+            except RayError as exc:  # the worker died more often than it may be restarted
+                row = {"case": names[i], "input": str(cases[i]), "status": "failed",
+                       "error": f"worker lost ({type(exc).__name__}) after {retries} retries"}
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+                actor = Actor.remote(flags, keep_error=True)
+            rows[i] = row
+            progress(row)
+            submit(actor)
+        return rows
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def write_summary(rows: list[dict], path: Path) -> None:
+    """One row per case, written atomically."""
+    from .outputs import atomic_output
+
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def cmd_batch(args) -> int:
+    """``gtvautoseg batch``: exit 0 when every case was segmented, 2 when some failed."""
+    from .outputs import prepare_output_dir
+
+    for flag, value, least in (("--workers", args.workers, 1), ("--retries", args.retries, 0),
+                               ("--cpus-per-worker", args.cpus_per_worker, 0.01)):
+        if value is not None and not value >= least:
+            raise GTVError(f"{flag} must be at least {least:g}, got {value}")
+    if args.ray not in (None, "local") and Path(args.ray).exists():  # --ray took the first input as its ADDRESS
+        raise GTVError(f"--ray {args.ray}: that is a path, not a Ray address; put --ray after the inputs or "
+                       "write --ray=ADDRESS")
+    cases = find_cases(args.input)
+    if not cases:
+        raise GTVError("no CT found in the inputs")
+    names = case_names(cases)
+    outdir = prepare_output_dir(args.output)
+    flags = segment_flags(args)
+    progress = _CaseProgress(args.progress, len(cases))
+    try:
+        if args.ray is None:
+            rows = run_serial(cases, names, outdir, flags, progress)
+        else:
+            rows = run_ray(cases, names, outdir, flags, progress, address=None if args.ray == "local" else args.ray,
+                           workers=args.workers, cpus_per_worker=args.cpus_per_worker, retries=args.retries)
+    finally:
+        progress.close()
+    write_summary(rows, outdir / args.summary)
+    failed = sum(r["status"] != "ok" for r in rows)
+    print(f"{len(rows) - failed}/{len(rows)} cases segmented -> {outdir}; summary {outdir / args.summary}", flush=True)
+    return 2 if failed else 0
