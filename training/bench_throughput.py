@@ -25,7 +25,7 @@ from GTVAutoSegLib.losses import build_loss
 from GTVAutoSegLib.models import NetConfig, build_network, network_kind
 
 from .augment import AugmentConfig, augment_batch
-from .data import SliceTable
+from .tablestore import SliceTable
 from .engine import SliceSource, StepLoss, autocast_for, epoch_rows, memory_format_for, sync, train_step
 
 

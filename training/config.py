@@ -191,6 +191,7 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def validate_train_config(data: dict[str, Any]) -> TrainConfig:
-    from .schema import validate_train_config as check  # pydantic, imported only to read a config
+    from .schema import validate_config  # pydantic, imported only to read a config
 
-    return check(data)
+    sections = (OptimConfig, DataConfig, AugmentConfig, LossConfig, NetConfig, PreprocessSpec, CoarseSpec)
+    return validate_config(data, TrainConfig, sections)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -27,8 +27,11 @@ from pydantic import Field
 
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.image import Image
-from GTVAutoSegLib.io import atomic_output, read_ct, read_mask
+from GTVAutoSegLib.io import read_ct, read_mask
+from GTVAutoSegLib.outputs import atomic_output
 from GTVAutoSegLib.preprocessing import PreprocessSpec, prepare, to_model_space
+
+from .tablestore import SliceTable, read_tables
 
 logger = logging.getLogger(__name__)
 
@@ -184,67 +187,6 @@ def load_case(case: CaseRef) -> tuple[Image, Image]:
     return ct, mask.with_array(np.where(target, 1, np.where(other, 2, 0)).astype(np.uint8))
 
 
-# ------------------------------------------------------------------------------------ slice table
-
-
-@dataclass
-class SliceTable:
-    """Model-space slices of many patients, one row per axial slice.
-
-    Attributes:
-        images: ``(N, H, W)`` float16 in ``[0, 1]``.
-        masks: ``(N, H, W)`` uint8 labels: 0/1, or with ``other_targets`` 0 background, 1 target,
-            2 other target volumes.
-        patient: ``(N,)`` int32, index into ``patients``.
-        slice_index: ``(N,)`` int32, the model-space slice number within its patient.
-        tumour: ``(N,)`` bool, the slice holds target on the original grid. A sliver of target can
-            vanish when a slice is shrunk to model space; its slice still counts as tumour, because
-            the cascade is scored on the original grid, where missing that slice is a miss.
-        patients: patient ids.
-        spacing: per patient, model-space ``(sx, sy, sz)`` mm (for 3D metrics).
-    """
-
-    images: np.ndarray
-    masks: np.ndarray
-    patient: np.ndarray
-    slice_index: np.ndarray
-    tumour: np.ndarray
-    patients: list[str]
-    spacing: list[tuple[float, float, float]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.tumour.size)
-
-    def rows_of(self, patient_ids: list[str]) -> np.ndarray:
-        """Row indices of the slices of these patients."""
-        wanted = [self.patients.index(p) for p in patient_ids]
-        return np.flatnonzero(np.isin(self.patient, wanted))
-
-    def subset(self, patient_ids: list[str]) -> "SliceTable":
-        """A table of only these patients (a copy)."""
-        rows = self.rows_of(patient_ids)
-        old = [self.patients.index(p) for p in patient_ids]
-        remap = np.full(len(self.patients), -1, np.int32)
-        remap[old] = np.arange(len(old), dtype=np.int32)
-        return SliceTable(self.images[rows], self.masks[rows], remap[self.patient[rows]],
-                          self.slice_index[rows], self.tumour[rows], list(patient_ids),
-                          [self.spacing[i] for i in old] if self.spacing else [])
-
-    @classmethod
-    def concatenate(cls, parts: list[tuple]) -> "SliceTable":
-        """From ``(patient, slices (Z, H, W), masks (Z, H, W), spacing[, flags (Z,)])`` per patient;
-        without flags a slice is tumour where its model-space mask is not empty."""
-        if not parts:
-            raise GTVError("no cases to build a slice table from")
-        images = np.concatenate([p[1].astype(np.float16, copy=False) for p in parts])
-        masks = np.concatenate([p[2].astype(np.uint8, copy=False) for p in parts])
-        patient = np.concatenate([np.full(p[1].shape[0], i, np.int32) for i, p in enumerate(parts)])
-        slice_index = np.concatenate([np.arange(p[1].shape[0], dtype=np.int32) for p in parts])
-        tumour = np.concatenate([p[4] if len(p) > 4 else p[2].reshape(p[2].shape[0], -1).any(1) for p in parts])
-        tumour = tumour.astype(bool) | (masks == 1).reshape(masks.shape[0], -1).any(axis=1)
-        return cls(images, masks, patient, slice_index, tumour, [p[0] for p in parts], [tuple(p[3]) for p in parts])
-
-
 def prepare_case(ct: Image, mask: Image, spec: PreprocessSpec, n_classes: int = 2):
     """One case into model space; ``mask`` a binary mask, or a label map of ``n_classes`` (1 = target).
 
@@ -374,8 +316,6 @@ def packed_tables(cfg: DataConfig, spec: PreprocessSpec, project_root: Path) -> 
     A pack made with other target volumes as class 2 serves a run without them too: it sees the
     target alone (so one pack carries the data of a locator with PTV classes and of a binary 2D net).
     """
-    from .tablepack import read_tables
-
     path = Path(cfg.pack)
     train, val = read_tables(path if path.is_absolute() else project_root / path, spec)
     tables = (train.subset(_first(train.patients, cfg.max_train_patients, cfg.seed)),

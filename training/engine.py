@@ -17,7 +17,7 @@ from torch import nn
 from GTVAutoSegLib.cascade import context_indices
 from GTVAutoSegLib.sampling import balance_indices
 
-from .data import SliceTable
+from .tablestore import SliceTable
 
 
 def neighbour_rows(table: SliceTable, k: int) -> np.ndarray:

@@ -29,8 +29,8 @@ from GTVAutoSegLib.pipeline import Segmenter
 from .build_bundle import parse_combine
 from .config import load_config
 from .data import CaseRef, load_case, openkbp_cases, split_cases
+from .provenance import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("cascade", "alone")
 COLUMNS = ("patient", "arm", "dice", "jaccard", "hd95_mm", "fp_slices", "fn_slices", "ref_slices",
            "volume_pred_cc", "volume_ref_cc", "classifier_recall", "classifier_fp_slices", "seconds")

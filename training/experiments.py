@@ -34,9 +34,8 @@ from pathlib import Path
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.metrics import summarise
 
-from .train import git_commit
+from .provenance import ROOT, git_commit
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs" / "exp"
 RUNS = ROOT / "training" / "runs" / "exp"
 RESULTS = ROOT / "training" / "results"

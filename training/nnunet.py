@@ -38,13 +38,13 @@ import numpy as np
 from GTVAutoSegLib import io
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.image import Image
+from GTVAutoSegLib.outputs import atomic_output
 
 from .config import load_config
 from .data import CaseRef, load_case, split_cases
 from .evaluate import metric_row, summary_markdown, write_rows
-from .train import git_commit
+from .provenance import ROOT, git_commit
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).resolve().parent / "nnunet_runner.py"
 FILE_ENDING = ".nii.gz"
 CONFIGURATIONS = ("2d", "3d_fullres")
@@ -70,7 +70,7 @@ def _write_ct(ct: Image, path: Path) -> None:
     import SimpleITK as sitk
 
     array = ct.array.astype(np.int16) if _integral(ct.array) else ct.array.astype(np.float32)
-    with io.atomic_output(path) as tmp:
+    with atomic_output(path) as tmp:
         sitk.WriteImage(ct.with_array(array).to_sitk(), str(tmp), True)
 
 

@@ -33,7 +33,8 @@ import torch
 from GTVAutoSegLib.bundle import load_bundle
 from GTVAutoSegLib.cascade import widen
 from GTVAutoSegLib.errors import GTVError
-from GTVAutoSegLib.io import atomic_output, read_mask
+from GTVAutoSegLib.io import read_mask
+from GTVAutoSegLib.outputs import atomic_output
 from GTVAutoSegLib.metrics import dice, false_positive_slices, slice_flags, slice_recall, summarise, volume_ratio
 from GTVAutoSegLib.pipeline import Segmenter
 from GTVAutoSegLib.preprocessing import prepare, restore_slice_values

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import math
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -35,23 +34,12 @@ from .engine import (SliceSource, StepLoss, Validation, autocast_for, choose_pre
                      memory_format_for, train_step, validate_classifier, validate_segmenter)
 from .history import plot_curves, write_csv
 from .locator import CoarseSource, augment_volume, epoch_items, validate_locator
+from .provenance import ROOT, git_commit
 from .volumes import VolumeSource, patch_count, validate_segmenter3d
 
-ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_FORMAT = "gtvautoseg-train-checkpoint"
 BEST_FORMAT = "gtvautoseg-train-best"
 logger = logging.getLogger("training")
-
-
-def git_commit(root: Path = ROOT) -> str:
-    """``HEAD``'s hash, with ``+dirty`` when the tree has changes; ``unknown`` outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def load_tables(cfg: TrainConfig, world: D.World, root: Path = ROOT) -> tuple[SliceTable, SliceTable]:

@@ -16,7 +16,7 @@ import torch
 
 from GTVAutoSegLib.cascade import average_windows, z_windows
 
-from .data import SliceTable
+from .tablestore import SliceTable
 from .engine import StepLoss, Validation, _split_output
 
 
