@@ -99,8 +99,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .outputs import atomic_outputs, name_max, prepare_output_dir, refuse_overwriting_inputs
     from .pipeline import Segmenter
     from .report import write_json, write_overview_png
-    from .dicomrt import ResultDescription, on_series_grid, write_dicom
-    from .segfile import Terminology, target_color
+    from .dicomrt import ResultDescription, on_series_grid
+    from .dicomwriters import write_dicom
+    from .segfile import Terminology, target_color, write_seg_nrrd
 
     inputs = [Path(p) for p in args.input]
     for p in inputs:
@@ -179,7 +180,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             with atomic_outputs(targets.values()) as tmps:
                 tmp = dict(zip(targets, tmps))
                 if "nrrd" in tmp:
-                    io.write_seg_nrrd(result.mask, tmp["nrrd"], name=bundle.target, color=target_color(bundle.target),
+                    write_seg_nrrd(result.mask, tmp["nrrd"], name=bundle.target, color=target_color(bundle.target),
                                       terminology=terminology)
                 if "nifti" in tmp:
                     io.write_labelmap(result.mask, tmp["nifti"])
@@ -338,7 +339,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         mean_row[k] = stats.get("mean") if isinstance(stats, dict) else ""
     writer.writerow(mean_row)
     if args.csv:
-        from .io import atomic_output
+        from .outputs import atomic_output
 
         with atomic_output(Path(args.csv)) as tmp:
             Path(tmp).write_text(buf.getvalue())

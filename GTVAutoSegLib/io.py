@@ -18,7 +18,7 @@ from .errors import GTVError
 from .image import Image, sitk
 from .inputcheck import check_geometry, check_input_path, check_nifti, check_nrrd, is_nifti
 from .native import quiet_stderr
-from .outputs import atomic_output  # noqa: F401  (re-exported: io.atomic_output is the writers' entry)
+from .outputs import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -246,15 +246,3 @@ def _check_written_grid(tmp: Path, mask: Image, path: Path) -> None:
     if tuple(reader.GetSize()) != tuple(mask.array.shape[::-1]) or not written.same_grid(mask):
         raise GTVError(f"{path.name} cannot hold this image's grid exactly (origin {mask.origin}, direction "
                        f"{tuple(round(v, 4) for v in mask.direction)}); refusing to write a shifted result")
-
-
-# The Slicer segmentation format lives in segfile.py; these names stay reachable as io.X.
-_SEGFILE_NAMES = {"Code", "Terminology", "ANATOMIC_REGIONS", "GTV_COLOR", "write_seg_nrrd", "read_seg_nrrd"}
-
-
-def __getattr__(name: str):
-    if name in _SEGFILE_NAMES:
-        from . import segfile
-
-        return getattr(segfile, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

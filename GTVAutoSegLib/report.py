@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .image import Image
-from .io import atomic_output
+from .outputs import atomic_output
 
 
 def _lps_to_display(image: Image) -> tuple[np.ndarray, tuple[float, float, float]]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import GTVError
 from .image import Image
-from .io import atomic_output
+from .outputs import atomic_output
 
 logger = logging.getLogger(__name__)
 

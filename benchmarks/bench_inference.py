@@ -28,6 +28,7 @@ from GTVAutoSegLib.models import NetConfig, build_network
 from GTVAutoSegLib.phantom import make_phantom
 from GTVAutoSegLib.pipeline import Segmenter
 from GTVAutoSegLib.preprocessing import PreprocessSpec
+from GTVAutoSegLib.segfile import write_seg_nrrd
 from GTVAutoSegLib.slices import SliceSelection
 
 
@@ -80,7 +81,7 @@ def time_stages(seg: Segmenter, ct: Image, repeats: int, with_files: bool = True
             result = seg(image, selection=selection)
             t = time.perf_counter()
             if with_files:
-                io.write_seg_nrrd(result.mask, Path(tmp) / "out.seg.nrrd")
+                write_seg_nrrd(result.mask, Path(tmp) / "out.seg.nrrd")
             t_write = time.perf_counter() - t
             total = time.perf_counter() - t0
             if rep:

@@ -13,18 +13,9 @@ import slicerio
 from GTVAutoSegLib import io
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.image import Image
-from GTVAutoSegLib.io import (
-    GTV_COLOR,
-    Terminology,
-    atomic_output,
-    read_ct,
-    read_image,
-    read_mask,
-    read_seg_nrrd,
-    resample_to,
-    write_labelmap,
-    write_seg_nrrd,
-)
+from GTVAutoSegLib.io import read_ct, read_image, read_mask, resample_to, write_labelmap
+from GTVAutoSegLib.outputs import atomic_output
+from GTVAutoSegLib.segfile import GTV_COLOR, Terminology, read_seg_nrrd, write_seg_nrrd
 
 # Index axes x -> posterior, y -> inferior, z -> right: no column is the identity's, and the matrix is
 # not symmetric, so a transposed direction shows.
