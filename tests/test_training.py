@@ -306,8 +306,9 @@ def test_cli_train_build_bundle_segment_and_evaluate(nnunet_phantoms, tmp_path, 
     assert "| cascade | 2 |" in (out / "summary.md").read_text()
 
 
-def test_bench_throughput_runs(capsys):
-    from training import bench_throughput
+def test_bench_throughput_runs(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_throughput
 
     assert bench_throughput.main(["--sizes", "32", "--batch", "2", "--steps", "1", "--warmup", "0",
                                   "--device", "cpu", "--table-slices", "8"]) == 0
