@@ -95,10 +95,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .bundle import PostprocessSpec, open_model
     from .catalog import prefetch
     from .inputcheck import check_input_path
-    from .metrics import evaluate_case
     from .outputs import atomic_outputs, name_max, prepare_output_dir, refuse_overwriting_inputs
     from .pipeline import Segmenter
-    from .report import write_json, write_overview_png
+    from .report import case_report, write_json, write_overview_png
     from .dicomrt import ResultDescription, on_series_grid
     from .dicomwriters import write_dicom
     from .segfile import Terminology, target_color, write_seg_nrrd
@@ -153,29 +152,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             result = seg(ct, progress=progress, selection=selection)
             t = time.perf_counter()
             progress("write", 0.0)
-            report = {
-                "case": name,
-                "input": str(path),
-                "model": {"name": bundle.name, "version": bundle.version, "target": bundle.target,
-                          "anatomic_region": bundle.anatomic_region},
-                "device": str(seg.device),
-                "threshold": result.threshold,
-                "volume_cc": round(result.volume_cc(), 3),
-                "slices_total": int(result.slice_probs.size),
-                "slices_segmented": int(result.selected.sum()),
-                "slice_selected": [int(v) for v in result.selected],
-                "slice_selection": selection.to_dict() if selection is not None else None,
-                # null for every slice when the classifier was switched off (--no-classifier)
-                "slice_probabilities": [_json_safe(round(float(p), 4)) for p in result.slice_probs],
-                "outputs": {fmt: p.name for fmt, p in targets.items() if fmt in OUTPUT_FORMATS},
-            }
-            if series is not None:
-                report["dicom_reference"] = {"folder": series.source.folder,
-                                             "series_instance_uid": series.source.series_instance_uid,
-                                             "frame_of_reference_uid": series.source.frame_of_reference_uid}
-            if reference is not None:
-                metrics = evaluate_case(result.mask, reference)
-                report["reference"] = {"path": args.reference, **{k: _json_safe(v) for k, v in metrics.items()}}
+            report = case_report(name, path, bundle, seg.device, result, selection,
+                                 {fmt: p for fmt, p in targets.items() if fmt in OUTPUT_FORMATS},
+                                 series=series, reference=reference, reference_path=args.reference)
             # All files of the case under temporary names first; renamed together at the end.
             with atomic_outputs(targets.values()) as tmps:
                 tmp = dict(zip(targets, tmps))
@@ -282,15 +261,6 @@ def _device_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _json_safe(v):
-    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-        return None
-    try:
-        return float(v) if not isinstance(v, (bool, int, str)) else v
-    except (TypeError, ValueError):
-        return str(v)
-
-
 def _mask_pairs(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
     if pred.is_file() and ref.is_file():
         return [(case_name(ref), pred, ref)]
@@ -317,6 +287,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .inputcheck import check_input_path
     from .outputs import refuse_overwriting_inputs
+    from .report import json_safe
 
     pred, ref = Path(args.pred), Path(args.ref)
     for p, what in ((pred, "PRED"), (ref, "REF")):
@@ -326,7 +297,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     rows = []
     for name, p, r in _mask_pairs(pred, ref):
         m = evaluate_case(io.read_mask(p), io.read_mask(r))
-        rows.append({"case": name, **{k: _json_safe(v) for k, v in m.items()}})
+        rows.append({"case": name, **{k: json_safe(v) for k, v in m.items()}})
     summary = summarise([{k: v for k, v in row.items() if k != "case"} for row in rows])
     buf = _io.StringIO()
     fields = list(rows[0].keys())

@@ -1,4 +1,4 @@
-"""What a user looks at after a run: a JSON report and a PNG of three views over the CT."""
+"""What a user looks at after a run: a JSON report (built by :func:`case_report`) and a PNG of three views over the CT."""
 
 from __future__ import annotations
 
@@ -72,6 +72,57 @@ def _outline(ax, mask: np.ndarray, color: str, width: float, style: str, aspect:
 
         ax.imshow(np.ma.masked_equal(mask, 0), cmap=ListedColormap([color]), alpha=0.6, aspect=aspect,
                   interpolation="nearest")
+
+
+def json_safe(v):
+    """A metric as JSON holds it: NaN and infinities as None, numpy numbers as float, others as text."""
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    try:
+        return float(v) if not isinstance(v, (bool, int, str)) else v
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def case_report(name: str, input_path: str | Path, bundle, device, result, selection=None,
+                outputs: dict[str, Path] | None = None, series: Image | None = None,
+                reference: Image | None = None, reference_path: str | Path | None = None) -> dict[str, Any]:
+    """The JSON report of one segmented case (timings are added by the caller once the files are written).
+
+    Args:
+        bundle: the :class:`~GTVAutoSegLib.bundle.ModelBundle` that ran; ``device`` the device it ran on.
+        result: the pipeline's result (mask, per-slice probabilities and selection, threshold).
+        selection: the reviewer's :class:`~GTVAutoSegLib.slices.SliceSelection`, or None.
+        outputs: format -> file written for the case.
+        series: the DICOM series the DICOM outputs reference, or None.
+        reference: a reference mask on the CT's grid; adds Dice/HD95/... under ``reference``.
+    """
+    from .metrics import evaluate_case
+
+    report: dict[str, Any] = {
+        "case": name,
+        "input": str(input_path),
+        "model": {"name": bundle.name, "version": bundle.version, "target": bundle.target,
+                  "anatomic_region": bundle.anatomic_region},
+        "device": str(device),
+        "threshold": result.threshold,
+        "volume_cc": round(result.volume_cc(), 3),
+        "slices_total": int(result.slice_probs.size),
+        "slices_segmented": int(result.selected.sum()),
+        "slice_selected": [int(v) for v in result.selected],
+        "slice_selection": selection.to_dict() if selection is not None else None,
+        # null for every slice when the classifier was switched off (--no-classifier)
+        "slice_probabilities": [json_safe(round(float(p), 4)) for p in result.slice_probs],
+        "outputs": {fmt: Path(p).name for fmt, p in (outputs or {}).items()},
+    }
+    if series is not None:
+        report["dicom_reference"] = {"folder": series.source.folder,
+                                     "series_instance_uid": series.source.series_instance_uid,
+                                     "frame_of_reference_uid": series.source.frame_of_reference_uid}
+    if reference is not None:
+        metrics = evaluate_case(result.mask, reference)
+        report["reference"] = {"path": reference_path, **{k: json_safe(v) for k, v in metrics.items()}}
+    return report
 
 
 def _finite_or_none(value):
