@@ -16,21 +16,17 @@ import warnings
 from pathlib import Path
 
 from .errors import Cancelled, GTVError
+from .filetypes import image_suffix, strip_image_suffix
 from .outputs import DEFAULT_FORMATS, DICOM_FORMATS, OUTPUT_FORMATS, Terminated, parse_formats, terminate_as_interrupt
 
 GENERIC_STEMS = {"ct", "image", "data", "imaging", "volume", "img"}
-IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def case_name(path: Path) -> str:
     """``pt_201/ct.nii.gz`` -> ``pt_201``; ``lung1_image.nrrd`` -> ``lung1_image``; a DICOM folder -> its name."""
     if path.is_dir():
         return path.resolve().name
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = strip_image_suffix(path.name)
     if name.lower() in GENERIC_STEMS:
         return path.resolve().parent.name
     return name
@@ -268,7 +264,7 @@ def _mask_pairs(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
         def index(folder: Path) -> dict[str, Path]:
             found = {}
             for f in sorted(folder.iterdir()):
-                if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES):
+                if f.is_file() and image_suffix(f.name):
                     key = case_name(f).removesuffix("_label").removesuffix("_mask")
                     found.setdefault(key, f)
             return found

@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from GTVAutoSegLib.errors import GTVError
+from GTVAutoSegLib.filetypes import ONE_FILE_SUFFIXES
 from GTVAutoSegLib.image import Image
 from GTVAutoSegLib.io import read_ct, read_mask
 from GTVAutoSegLib.outputs import atomic_output
@@ -36,7 +37,6 @@ from .tablestore import SliceTable, read_tables
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("openkbp", "structseg", "nnunet")
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 CACHE_VERSION = 2  # bump when what a cache file holds changes
 
 
@@ -105,7 +105,7 @@ class DataConfig:
 
 
 def _find_image(stem: Path) -> Path | None:
-    for ending in IMAGE_ENDINGS:
+    for ending in ONE_FILE_SUFFIXES:
         path = stem.parent / (stem.name + ending)
         if path.exists():
             return path
@@ -161,7 +161,7 @@ def nnunet_cases(root: str | Path, label_value: int = 1) -> list[CaseRef]:
     images, labels = root / "imagesTr", root / "labelsTr"
     cases = []
     for path in sorted(images.glob("*_0000.*")) if images.is_dir() else []:
-        ending = next((e for e in IMAGE_ENDINGS if path.name.endswith(e)), None)
+        ending = next((e for e in ONE_FILE_SUFFIXES if path.name.endswith(e)), None)
         if ending is None:
             continue
         case = path.name[: -len("_0000" + ending)]

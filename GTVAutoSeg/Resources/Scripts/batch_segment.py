@@ -39,7 +39,6 @@ if str(MODULE_DIR) not in sys.path:
 if importlib.util.find_spec("GTVAutoSegLib") is None and (MODULE_DIR.parent / "GTVAutoSegLib").is_dir():
     sys.path.insert(0, str(MODULE_DIR.parent))
 
-CT_SUFFIXES = (".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
 SUMMARY_FIELDS = ("case", "input", "status", "segmentation", "target", "volume_cc", "slices_segmented",
                   "slices_total", "review_slices", "seconds", "error", "dicom")
 # What a case can be written as here (GTVAutoSegLib.outputs.OUTPUT_FORMATS has the file names).
@@ -50,6 +49,8 @@ EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_CRASHED = 0, 1, 2, 3
 def findCases(inputs: list[str]) -> list[Path]:
     """Files as given; a folder gives every CT file directly in it, or, when it holds none, each
     subfolder (a DICOM series), or else itself (a folder of DICOM files)."""
+    from GTVAutoSegLib.filetypes import IMAGE_SUFFIXES, image_suffix
+
     cases: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -57,8 +58,7 @@ def findCases(inputs: list[str]) -> list[Path]:
             cases.append(path)  # a missing file is reported as that case's failure
             continue
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        files = [p for p in entries if p.is_file() and p.name.lower().endswith(CT_SUFFIXES)
-                 and not p.name.lower().endswith(".seg.nrrd")]
+        files = [p for p in entries if p.is_file() and image_suffix(p.name) in IMAGE_SUFFIXES]  # not a .seg.nrrd
         folders = [p for p in entries if p.is_dir()]
         cases += files or folders or [path]
     return cases
