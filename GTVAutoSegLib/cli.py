@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+from .device import DEVICE_HELP
 from .errors import Cancelled, GTVError
 from .filetypes import image_suffix, strip_image_suffix
 from .outputs import DEFAULT_FORMATS, DICOM_FORMATS, OUTPUT_FORMATS, Terminated, parse_formats, terminate_as_interrupt
@@ -370,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", nargs="+", help="CT file(s) or DICOM folder(s)")
     s.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     s.add_argument("--model", default=None, help="model name from Resources/Models.json or a bundle path (default: the default model)")
-    s.add_argument("--device", default="auto", type=_device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    s.add_argument("--device", default="auto", type=_device_name, help=DEVICE_HELP)
     s.add_argument("--threshold", type=_probability, default=None,
                    help="slice probability threshold in [0, 1]: the classifier's, or the locator's for a model "
                         "whose 3D locator picks the slices (default: the model's)")

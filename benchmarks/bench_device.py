@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import bench_throughput  # noqa: E402
 from bench_inference import build_segmenter, machine_name, select_slices, time_stages  # noqa: E402
+from GTVAutoSegLib.device import DEVICE_HELP  # noqa: E402
 from GTVAutoSegLib.errors import MissingModule  # noqa: E402
 from GTVAutoSegLib.image import Image, sitk  # noqa: E402
 from GTVAutoSegLib.phantom import make_phantom  # noqa: E402
@@ -101,7 +102,7 @@ def peak_memory(seg, ct: Image) -> dict[str, float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--model", help="also time this bundle (name or path) through the pipeline")
     p.add_argument("--size", type=int, default=512, help="input side of the untrained classifier + SANet")
     p.add_argument("--slices", type=int, default=150)

@@ -23,6 +23,7 @@ import torch
 
 from GTVAutoSegLib import io
 from GTVAutoSegLib.bundle import ModelBundle, open_model
+from GTVAutoSegLib.device import DEVICE_HELP
 from GTVAutoSegLib.image import Image, sitk
 from GTVAutoSegLib.models import NetConfig, build_network
 from GTVAutoSegLib.phantom import make_phantom
@@ -92,7 +93,7 @@ def time_stages(seg: Segmenter, ct: Image, repeats: int, with_files: bool = True
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--model", default=None, help="bundle name or path (default: untrained at --size)")
     p.add_argument("--size", type=int, default=512, help="model input size for the untrained bundle")
     p.add_argument("--slices", type=int, default=150)

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from GTVAutoSegLib.device import resolve_device  # noqa: E402
+from GTVAutoSegLib.device import DEVICE_HELP, resolve_device  # noqa: E402
 from GTVAutoSegLib.losses import build_loss  # noqa: E402
 from GTVAutoSegLib.models import NetConfig, build_network, network_kind  # noqa: E402
 from training.augment import AugmentConfig, augment_batch  # noqa: E402
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--table-slices", type=int, default=512, help="slices in the synthetic table (pipeline)")

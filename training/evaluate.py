@@ -22,6 +22,7 @@ import torch
 
 from GTVAutoSegLib.bundle import PostprocessSpec, load_bundle
 from GTVAutoSegLib.cascade import CombineSpec
+from GTVAutoSegLib.device import DEVICE_HELP
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.metrics import evaluate_case, false_positive_slices, slice_recall, summarise
 from GTVAutoSegLib.pipeline import Segmenter
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", required=True)
     add_data_args(p)
     p.add_argument("--arms", default="cascade,alone", help="comma list of: cascade, alone")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--combine", action="append", default=[], metavar="KEY=VALUE",
                    help="override how the bundle's networks combine, e.g. locator_weight=0.5 or tta_flip=true")
     p.add_argument("--out", required=True, help="folder for per_patient.csv and summary.md")

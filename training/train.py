@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from GTVAutoSegLib.device import resolve_device
+from GTVAutoSegLib.device import DEVICE_HELP, resolve_device
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.losses import build_loss
 from GTVAutoSegLib.models import DENSE_KINDS, build_network, count_parameters, resolve_config
@@ -458,7 +458,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", help="a last.pt to continue from, or 'auto' for OUT/last.pt when it exists")
     p.add_argument("--init-from", help="start from these weights with a fresh optimizer (fine-tuning): a best.pt, "
                                        "last.pt, or a model bundle name or path (e.g. hcf-openkbp-ptv70)")
-    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--size", type=int, help="model-space side (preprocess.size)")

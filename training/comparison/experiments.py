@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from GTVAutoSegLib.device import DEVICE_HELP
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.metrics import summarise
 
@@ -417,7 +418,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="train, bundle and evaluate what the tables need")
     r.add_argument("--tables", default="2,3,4,5,6")
     r.add_argument("--budget-min", type=float, required=True, help="training wall-clock budget of every segmenter")
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help=DEVICE_HELP)
     r.add_argument("--jobs", type=int, default=1, help="runs side by side")
     r.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)), help="CPU threads per run")
     r.add_argument("--max-slices-per-epoch", type=int, help="cap on slices per epoch (validate more often on a CPU)")

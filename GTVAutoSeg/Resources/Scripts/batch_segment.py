@@ -143,11 +143,13 @@ def keepInputGrid(segPath: Path, inputImage) -> None:
 
 
 def buildParser() -> argparse.ArgumentParser:
+    from GTVAutoSegLib.device import DEVICE_HELP
+
     p = argparse.ArgumentParser(prog="batch_segment.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="CT files and/or folders")
     p.add_argument("--output", required=True, help="output folder (created if missing)")
     p.add_argument("--model", default=None, help="model name from Models.json or a bundle path (default: the default model)")
-    p.add_argument("--device", default="auto", type=_deviceName, help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--device", default="auto", type=_deviceName, help=DEVICE_HELP)
     p.add_argument("--threshold", type=float, default=None, help="classifier threshold (default: the model's)")
     p.add_argument("--review-margin", type=float, default=0.1, help="list slices this close to the threshold")
     p.add_argument("--surface", action="store_true", help="also store the closed surface in each .seg.nrrd")
