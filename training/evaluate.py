@@ -25,6 +25,7 @@ from GTVAutoSegLib.cascade import CombineSpec
 from GTVAutoSegLib.device import DEVICE_HELP
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.metrics import evaluate_case, false_positive_slices, slice_recall, summarise
+from GTVAutoSegLib.outputs import atomic_output
 from GTVAutoSegLib.pipeline import Segmenter
 
 from .build_bundle import parse_combine
@@ -81,7 +82,8 @@ def evaluate_cases(bundle_path: str | Path, cases: list[CaseRef], arms=ARMS, dev
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    """The per-patient CSV, written atomically (a killed evaluation leaves no half table to read)."""
+    with atomic_output(Path(path)) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in rows:

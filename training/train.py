@@ -25,6 +25,7 @@ from GTVAutoSegLib.device import DEVICE_HELP, resolve_device
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.losses import build_loss
 from GTVAutoSegLib.models import DENSE_KINDS, build_network, count_parameters, resolve_config
+from GTVAutoSegLib.outputs import atomic_output
 
 from . import distributed as D
 from .augment import augment_batch
@@ -206,9 +207,8 @@ class Trainer:
         self._log(f"weights from {source}")
 
     def _save(self, path: Path, payload: dict) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)  # a run killed while saving keeps its previous checkpoint
+        with atomic_output(path) as tmp:  # a run killed while saving keeps its previous checkpoint
+            torch.save(payload, tmp)
 
     def _save_best(self, metrics: dict) -> None:
         self._save(self.out / "best.pt", {

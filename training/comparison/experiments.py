@@ -34,6 +34,7 @@ from pathlib import Path
 from GTVAutoSegLib.device import DEVICE_HELP
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.metrics import summarise
+from GTVAutoSegLib.outputs import atomic_output
 
 from ..provenance import ROOT, git_commit
 
@@ -203,9 +204,8 @@ def _record_step(folder: Path, name: str, cmd: list[str], seconds: float, s: Run
                             "threads": s.threads, "device": s.device, "git_commit": git_commit(),
                             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     record.update(extra)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
 
 
 def _run_steps(folder: Path, steps: list[tuple[str, list[str]]], s: RunSettings, **extra) -> None:
@@ -405,9 +405,8 @@ def report(tables: list[Table], command: str, budget_note: str, out: Path = RESU
     paths = []
     for t in tables:
         path = out / f"table{t.number}.md"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(table_markdown(t, command, budget_note, runs))
-        tmp.replace(path)
+        with atomic_output(path) as tmp:
+            tmp.write_text(table_markdown(t, command, budget_note, runs))
         paths.append(path)
     return paths
 

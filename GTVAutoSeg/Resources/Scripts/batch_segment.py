@@ -25,7 +25,6 @@ import argparse
 import csv
 import importlib.util
 import io
-import os
 import sys
 import time
 import traceback
@@ -80,9 +79,10 @@ def writeSummary(rows: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    from GTVAutoSegLib.outputs import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
 
 
 def segmentCase(path: Path, name: str, outputDir: Path, parameters, formats=("nrrd",)) -> dict:
