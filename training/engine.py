@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from GTVAutoSegLib.cascade import context_indices
+from GTVAutoSegLib.cascade import context_indices, split_output
 from GTVAutoSegLib.sampling import balance_indices
 
 from .tablestore import SliceTable
@@ -130,11 +130,6 @@ def choose_precision(requested: str, model: nn.Module, loss_fn: nn.Module, x, y,
     return max(rates, key=rates.get), rates
 
 
-def _split_output(out):
-    # sanet_mtl returns (segmentation, slice classification)
-    return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
-
-
 class StepLoss(nn.Module):
     """The training loss of either kind of network.
 
@@ -152,7 +147,7 @@ class StepLoss(nn.Module):
     def forward(self, out, y: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
         if self.kind == "classifier":
             return F.cross_entropy(out.float(), flag, weight=self.weight)
-        seg, cls = _split_output(out)
+        seg, cls = split_output(out)
         loss = self.seg_loss(seg, y)
         if cls is not None:
             loss = loss + F.cross_entropy(cls.float(), flag)
@@ -265,7 +260,7 @@ def validate_segmenter(model, source: SliceSource, table: SliceTable, batch: int
     inter, p_sum, g_sum = np.zeros(n_pat), np.zeros(n_pat), np.zeros(n_pat)
     loss_sum, n_batches = 0.0, 0
     for part, out, y, flag in _forward_rows(model, source, rows, batch, autocast, memory_format):
-        seg, _ = _split_output(out)
+        seg, _ = split_output(out)
         loss_sum += float(loss_fn(out, y, flag))
         n_batches += 1
         pred = seg.float().argmax(1) == 1
