@@ -349,3 +349,18 @@ def test_init_from_a_run_or_a_bundle_loads_its_weights_and_refuses_a_mismatch(tm
     other = tiny_config(tmp_path / "e", *seg, 'preprocess={"size": 64, "margin_mm": 5.0}')
     with pytest.raises(GTVError, match="trained with preprocessing"):
         Trainer(other, train_t, val_t).init_weights(str(tmp_path / "a" / "run" / "best.pt"))
+
+
+def test_auc_is_the_rank_statistic_ties_counting_half():
+    from training.engine import _auc
+
+    assert _auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
+    assert _auc(np.array([0.5, 0.5, 0.5]), np.array([0, 1, 1], bool)) == 0.5
+    assert math.isnan(_auc(np.array([0.1, 0.2]), np.array([1, 1], bool)))
+    rng = np.random.default_rng(0)
+    probs, labels = np.round(rng.random(500), 1), rng.random(500) > 0.7  # many ties
+    from scipy.stats import rankdata
+
+    ranks = rankdata(probs)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    assert _auc(probs, labels) == (ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

@@ -193,15 +193,13 @@ def operating_threshold(probs: np.ndarray, labels: np.ndarray, recall_target: fl
 
 
 def _auc(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve by the rank statistic (ties count half)."""
+    """Area under the ROC curve (MONAI's ``compute_roc_auc``; ties count half); NaN when one class is absent."""
     labels = np.asarray(labels, bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    from scipy.stats import rankdata
+    if labels.all() or not labels.any():
+        return math.nan  # checked here: MONAI would warn, then return NaN
+    from monai.metrics import compute_roc_auc
 
-    ranks = rankdata(probs)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(compute_roc_auc(torch.as_tensor(np.asarray(probs)), torch.as_tensor(labels.astype(np.int64))))
 
 
 @dataclass
