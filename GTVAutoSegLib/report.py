@@ -14,11 +14,13 @@ from .outputs import atomic_output
 
 
 def _lps_to_display(image: Image) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Volume as (z, y, x) in LPS-aligned axes (closest to the direction matrix) and spacing."""
-    import SimpleITK as sitk
+    """Volume as (z, y, x) in LPS-aligned axes (closest to the direction matrix) and its (x, y, z) spacing:
+    the preprocessing's reorientation (the same array and spacing as SimpleITK's ``DICOMOrient(.., "LPS")``)."""
+    from .preprocessing import lps_axes, reorient_to_lps
 
-    img = sitk.DICOMOrient(image.to_sitk(), "LPS")
-    return sitk.GetArrayFromImage(img), img.GetSpacing()
+    axes, _ = lps_axes(image.direction)
+    # LPS array axis a is input array axis axes[a], i.e. index axis 2 - axes[a]
+    return reorient_to_lps(image.array, image.direction), tuple(float(image.spacing[2 - axes[a]]) for a in (2, 1, 0))
 
 
 def write_overview_png(ct: Image, mask: Image, path: str | Path, title: str = "",
