@@ -103,6 +103,8 @@ class CascadeResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+# z-window stitching is ours on purpose (not MONAI's sliding_window_inference): it skips windows that
+# hold no selected slice and can be cancelled between windows.
 def z_windows(z: int, depth: int) -> list[int]:
     """First slices of the ``depth``-slice windows a 3D segmenter runs on over ``z`` slices.
 
