@@ -243,6 +243,16 @@ def test_resume_continues_and_time_budget_stops(tmp_path):
     assert budget.history[-1]["partial"] and budget.history[-1]["steps"] == 1  # one step, then validate and save
 
 
+def test_stop_decision_alone(tmp_path):
+    train_t, val_t = phantom_table(2, 0), phantom_table(1, 50)
+    cfg = tiny_config(tmp_path, 'network={"name": "resnet18_classifier"}', 'loss={"name": "ce"}', "patience=2")
+    trainer = Trainer(cfg, train_t, val_t)
+    assert trainer.stop_reason_after({"partial": False}) is None
+    assert trainer.stop_reason_after({"partial": True}) == "time_budget"
+    trainer.bad_epochs = 2
+    assert trainer.stop_reason_after({"partial": False}) == "early_stopping"
+
+
 def test_config_refuses_unknown_keys_and_wrong_loss(tmp_path):
     with pytest.raises(GTVError, match="unknown config key"):
         load_config(None, ["optim.learning_rate=0.1"])

@@ -270,7 +270,8 @@ def kfold_patients(patients: list[str], folds: int, fold: int, seed: int) -> tup
     return train, val
 
 
-def _first(ids: list[str], n: int | None, seed: int) -> list[str]:
+def _seeded_subset(ids: list[str], n: int | None, seed: int) -> list[str]:
+    """``n`` of ``ids`` drawn at random with ``seed`` (kept in their order); all of them when ``n`` is None."""
     if n is None or n >= len(ids):
         return ids
     keep = np.sort(np.random.default_rng(seed).permutation(len(ids))[:n])
@@ -305,8 +306,8 @@ def split_cases(cfg: DataConfig, project_root: Path) -> tuple[list[CaseRef], lis
     overlap = {c.patient for c in train} & {c.patient for c in val}
     if overlap:
         raise GTVError(f"patients on both sides of the split: {', '.join(sorted(overlap)[:5])}")
-    keep_t = set(_first([c.patient for c in train], cfg.max_train_patients, cfg.seed))
-    keep_v = set(_first([c.patient for c in val], cfg.max_val_patients, cfg.seed + 1))
+    keep_t = set(_seeded_subset([c.patient for c in train], cfg.max_train_patients, cfg.seed))
+    keep_v = set(_seeded_subset([c.patient for c in val], cfg.max_val_patients, cfg.seed + 1))
     return [c for c in train if c.patient in keep_t], [c for c in val if c.patient in keep_v]
 
 
@@ -318,8 +319,8 @@ def packed_tables(cfg: DataConfig, spec: PreprocessSpec, project_root: Path) -> 
     """
     path = Path(cfg.pack)
     train, val = read_tables(path if path.is_absolute() else project_root / path, spec)
-    tables = (train.subset(_first(train.patients, cfg.max_train_patients, cfg.seed)),
-              val.subset(_first(val.patients, cfg.max_val_patients, cfg.seed + 1)))
+    tables = (train.subset(_seeded_subset(train.patients, cfg.max_train_patients, cfg.seed)),
+              val.subset(_seeded_subset(val.patients, cfg.max_val_patients, cfg.seed + 1)))
     if not cfg.other_targets:
         for t in tables:
             t.masks = (t.masks == 1).astype(np.uint8)
