@@ -46,12 +46,19 @@ def write_overview_png(ct: Image, mask: Image, path: str | Path, title: str = ""
         ("coronal", lambda a: a[::-1, cy, :], sz / sx),
         ("sagittal", lambda a: a[::-1, :, cx], sz / sy),
     ]
+    # Each view zoomed to the body (a 500 mm field otherwise shows the head as a small patch):
+    # (row, column) limits in the displayed cut, the slice axis flipped as the cut flips it.
+    z0, z1, y0, y1, x0, x1 = zoom_box(vol, [m for m in (seg, ref) if m is not None], (sx, sy, sz))
+    nz = vol.shape[0]
+    limits = [((y0, y1), (x0, x1)), ((nz - 1 - z1, nz - 1 - z0), (x0, x1)), ((nz - 1 - z1, nz - 1 - z0), (y0, y1))]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.8), dpi=110)
-    for ax, (name, cut, aspect) in zip(axes, views):
+    for ax, (name, cut, aspect), (rows, cols) in zip(axes, views, limits):
         ax.imshow(cut(vol), cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
         _outline(ax, cut(seg), "#ff3b30", 1.4, "solid", aspect)
         if ref is not None:
             _outline(ax, cut(ref), "#30d158", 1.0, "dashed", aspect)
+        ax.set_xlim(cols[0] - 0.5, cols[1] + 0.5)
+        ax.set_ylim(rows[1] + 0.5, rows[0] - 0.5)  # rows grow downwards, as imshow draws them
         ax.set_title(name)
         ax.axis("off")
     legend = "red: GTVAutoSeg" + ("   green dashed: reference" if ref is not None else "")
@@ -60,6 +67,25 @@ def write_overview_png(ct: Image, mask: Image, path: str | Path, title: str = ""
     with atomic_output(Path(path)) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def zoom_box(vol: np.ndarray, masks: list[np.ndarray], spacing_xyz, margin_mm: float = 10.0) -> tuple[int, ...]:
+    """``(z0, z1, y0, y1, x0, x1)`` inclusive: the body (the preprocessing's body mask) and the masks,
+    plus ``margin_mm``, within the volume; the whole volume when neither is found."""
+    from .preprocessing import PreprocessSpec, body_mask
+
+    spec = PreprocessSpec()
+    found = body_mask(vol, spacing_xyz[:2], spec.body_threshold_hu, spec.body_erosion_mm)
+    for m in masks:
+        found = found | (m != 0)
+    if not found.any():
+        return 0, vol.shape[0] - 1, 0, vol.shape[1] - 1, 0, vol.shape[2] - 1
+    box = []
+    for axis, spacing in zip(range(3), (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])):
+        hit = np.flatnonzero(found.any(axis=tuple(a for a in range(3) if a != axis)))
+        pad = int(np.ceil(margin_mm / max(float(spacing), 1e-6)))
+        box += [max(int(hit[0]) - pad, 0), min(int(hit[-1]) + pad, vol.shape[axis] - 1)]
+    return tuple(box)
 
 
 def _outline(ax, mask: np.ndarray, color: str, width: float, style: str, aspect: float) -> None:
