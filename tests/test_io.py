@@ -624,9 +624,10 @@ def test_gzip_nrrd_with_a_damaged_stream_is_refused(tmp_path):
     assert "truncated or corrupt" in one_line_error(e) or "truncated" in one_line_error(e)
 
 
-def test_seg_nrrd_is_the_file_slicerio_add_segment_makes(tmp_path):
-    """write_seg_nrrd sets the one segment directly (add_segment is slow on a clinical grid); the file
-    must be the one slicerio's create_segmentation + add_segment + write_segmentation give."""
+def test_seg_nrrd_is_the_file_slicerio_writes(tmp_path):
+    """write_seg_nrrd writes the header itself (slicerio is not installed in Slicer for inference);
+    the file must be the one slicerio's create_segmentation + add_segment + write_segmentation give,
+    but for the trailing '&' of the conversion parameters (Slicer writes it, slicerio does not)."""
     from GTVAutoSegLib.segfile import _CONVERSION_PARAMETERS, _ijk_to_lps, _reference_geometry
 
     mask = synthetic_mask()
@@ -648,5 +649,6 @@ def test_seg_nrrd_is_the_file_slicerio_add_segment_makes(tmp_path):
 
     (a, ha), (b, hb) = nrrd.read(str(ours)), nrrd.read(str(theirs))
     assert np.array_equal(a, b) and a.dtype == b.dtype
+    assert ha.pop("Segmentation_ConversionParameters") == hb.pop("Segmentation_ConversionParameters") + "&"
     for key in set(ha) | set(hb):
         assert np.array_equal(np.asarray(ha[key]), np.asarray(hb[key])), key
