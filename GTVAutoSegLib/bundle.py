@@ -150,7 +150,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path, half: bool = False) -> st
     Returns:
         The file's SHA-256 (hex), for ``Resources/Models.json``.
     """
-    from .io import atomic_output
+    from .outputs import atomic_output
 
     def cast(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: (v.half() if half and v.is_floating_point() else v) for k, v in state.items()}

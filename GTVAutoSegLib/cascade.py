@@ -103,6 +103,8 @@ class CascadeResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+# z-window stitching is ours on purpose (not MONAI's sliding_window_inference): it skips windows that
+# hold no selected slice and can be cancelled between windows.
 def z_windows(z: int, depth: int) -> list[int]:
     """First slices of the ``depth``-slice windows a 3D segmenter runs on over ``z`` slices.
 
@@ -144,9 +146,10 @@ def context_indices(idx: np.ndarray, z: int, k: int) -> np.ndarray:
     return np.clip(np.asarray(idx, np.int64)[:, None] + offsets[None, :], 0, z - 1)
 
 
-def _seg_logits(out):
-    # Multi-task segmenters return (segmentation, classification); the cascade wants the first.
-    return out[0] if isinstance(out, (tuple, list)) else out
+def split_output(out) -> tuple:
+    """A segmenter's output as ``(segmentation logits, slice logits or None)``: a multi-task
+    segmenter (``sanet_mtl``) returns both, every other the segmentation alone."""
+    return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
 
 
 class Cascade:
@@ -206,9 +209,9 @@ class Cascade:
         """Class-1 probabilities of ``net`` on ``x``; with ``tta_flip`` averaged with the mirror
         image's (flipped back). ``spatial``: per-pixel output whose last axis is left-right."""
         with self._autocast():
-            p = torch.softmax(_seg_logits(net(x)).float(), dim=1)[:, 1]
+            p = torch.softmax(split_output(net(x))[0].float(), dim=1)[:, 1]
             if self.combine.tta_flip:
-                q = torch.softmax(_seg_logits(net(x.flip(-1))).float(), dim=1)[:, 1]
+                q = torch.softmax(split_output(net(x.flip(-1)))[0].float(), dim=1)[:, 1]
                 p = (p + (q.flip(-1) if spatial else q)) / 2
         return p
 

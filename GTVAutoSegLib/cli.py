@@ -15,22 +15,19 @@ import time
 import warnings
 from pathlib import Path
 
+from .device import DEVICE_HELP
 from .errors import Cancelled, GTVError
+from .filetypes import image_suffix, strip_image_suffix
 from .outputs import DEFAULT_FORMATS, DICOM_FORMATS, OUTPUT_FORMATS, Terminated, parse_formats, terminate_as_interrupt
 
 GENERIC_STEMS = {"ct", "image", "data", "imaging", "volume", "img"}
-IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def case_name(path: Path) -> str:
     """``pt_201/ct.nii.gz`` -> ``pt_201``; ``lung1_image.nrrd`` -> ``lung1_image``; a DICOM folder -> its name."""
     if path.is_dir():
         return path.resolve().name
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = strip_image_suffix(path.name)
     if name.lower() in GENERIC_STEMS:
         return path.resolve().parent.name
     return name
@@ -115,11 +112,11 @@ def _cmd_segment(args: argparse.Namespace, segmenter=None) -> int:
     worker's), else it is built here."""
     from . import io
     from .inputcheck import check_input_path
-    from .metrics import evaluate_case
     from .outputs import atomic_outputs, name_max, prepare_output_dir, refuse_overwriting_inputs
-    from .report import write_json, write_overview_png
-    from .dicomrt import ResultDescription, on_series_grid, write_dicom
-    from .segfile import Terminology, target_color
+    from .report import case_report, write_json, write_overview_png
+    from .dicomrt import ResultDescription, on_series_grid
+    from .dicomwriters import write_dicom
+    from .segfile import Terminology, target_color, write_seg_nrrd
 
     inputs = [Path(p) for p in args.input]
     for p in inputs:
@@ -163,35 +160,15 @@ def _cmd_segment(args: argparse.Namespace, segmenter=None) -> int:
             result = seg(ct, progress=progress, selection=selection)
             t = time.perf_counter()
             progress("write", 0.0)
-            report = {
-                "case": name,
-                "input": str(path),
-                "model": {"name": bundle.name, "version": bundle.version, "target": bundle.target,
-                          "anatomic_region": bundle.anatomic_region},
-                "device": str(seg.device),
-                "threshold": result.threshold,
-                "volume_cc": round(result.volume_cc(), 3),
-                "slices_total": int(result.slice_probs.size),
-                "slices_segmented": int(result.selected.sum()),
-                "slice_selected": [int(v) for v in result.selected],
-                "slice_selection": selection.to_dict() if selection is not None else None,
-                # null for every slice when the classifier was switched off (--no-classifier)
-                "slice_probabilities": [_json_safe(round(float(p), 4)) for p in result.slice_probs],
-                "outputs": {fmt: p.name for fmt, p in targets.items() if fmt in OUTPUT_FORMATS},
-            }
-            if series is not None:
-                report["dicom_reference"] = {"folder": series.source.folder,
-                                             "series_instance_uid": series.source.series_instance_uid,
-                                             "frame_of_reference_uid": series.source.frame_of_reference_uid}
-            if reference is not None:
-                metrics = evaluate_case(result.mask, reference)
-                report["reference"] = {"path": args.reference, **{k: _json_safe(v) for k, v in metrics.items()}}
+            report = case_report(name, path, bundle, seg.device, result, selection,
+                                 {fmt: p for fmt, p in targets.items() if fmt in OUTPUT_FORMATS},
+                                 series=series, reference=reference, reference_path=args.reference)
             # All files of the case under temporary names first; renamed together at the end.
             with atomic_outputs(targets.values()) as tmps:
                 tmp = dict(zip(targets, tmps))
                 if "nrrd" in tmp:
-                    io.write_seg_nrrd(result.mask, tmp["nrrd"], name=bundle.target, color=target_color(bundle.target),
-                                      terminology=terminology)
+                    write_seg_nrrd(result.mask, tmp["nrrd"], name=bundle.target, color=target_color(bundle.target),
+                                   terminology=terminology)
                 if "nifti" in tmp:
                     io.write_labelmap(result.mask, tmp["nifti"])
                 for fmt in DICOM_FORMATS:
@@ -292,15 +269,6 @@ def _device_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _json_safe(v):
-    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-        return None
-    try:
-        return float(v) if not isinstance(v, (bool, int, str)) else v
-    except (TypeError, ValueError):
-        return str(v)
-
-
 def _mask_pairs(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
     if pred.is_file() and ref.is_file():
         return [(case_name(ref), pred, ref)]
@@ -308,7 +276,7 @@ def _mask_pairs(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
         def index(folder: Path) -> dict[str, Path]:
             found = {}
             for f in sorted(folder.iterdir()):
-                if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES):
+                if f.is_file() and image_suffix(f.name):
                     key = case_name(f).removesuffix("_label").removesuffix("_mask")
                     found.setdefault(key, f)
             return found
@@ -327,6 +295,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .inputcheck import check_input_path
     from .outputs import refuse_overwriting_inputs
+    from .report import json_safe
 
     pred, ref = Path(args.pred), Path(args.ref)
     for p, what in ((pred, "PRED"), (ref, "REF")):
@@ -336,7 +305,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     rows = []
     for name, p, r in _mask_pairs(pred, ref):
         m = evaluate_case(io.read_mask(p), io.read_mask(r))
-        rows.append({"case": name, **{k: _json_safe(v) for k, v in m.items()}})
+        rows.append({"case": name, **{k: json_safe(v) for k, v in m.items()}})
     summary = summarise([{k: v for k, v in row.items() if k != "case"} for row in rows])
     buf = _io.StringIO()
     fields = list(rows[0].keys())
@@ -349,7 +318,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         mean_row[k] = stats.get("mean") if isinstance(stats, dict) else ""
     writer.writerow(mean_row)
     if args.csv:
-        from .io import atomic_output
+        from .outputs import atomic_output
 
         with atomic_output(Path(args.csv)) as tmp:
             Path(tmp).write_text(buf.getvalue())
@@ -419,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", nargs="+", help="CT file(s) or DICOM folder(s)")
     s.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     s.add_argument("--model", default=None, help="model name from Resources/Models.json or a bundle path (default: the default model)")
-    s.add_argument("--device", default="auto", type=_device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    s.add_argument("--device", default="auto", type=_device_name, help=DEVICE_HELP)
     s.add_argument("--threshold", type=_probability, default=None,
                    help="slice probability threshold in [0, 1]: the classifier's, or the locator's for a model "
                         "whose 3D locator picks the slices (default: the model's)")

@@ -15,6 +15,7 @@ from .errors import GTVError
 # "auto" takes the CUDA GPU when torch sees one, else the CPU. It never picks "mps": some of the
 # networks' operations (adaptive pooling on sizes that do not divide) are not supported there.
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+DEVICE_HELP = f"{', '.join(DEVICE_NAMES[:-1])} or {DEVICE_NAMES[-1]} (default auto)"  # for --device
 _PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 

@@ -151,19 +151,5 @@ def check_writers(formats) -> None:
                            f"(pip install {package})")
 
 
-def write_dicom(fmt: str, mask: Image, path: Path, description: ResultDescription) -> None:
-    """Write ``mask`` (on its series' grid, see :func:`on_series_grid`) as ``fmt`` (``seg`` or ``rtstruct``)."""
-    if fmt == "seg":
-        from .dicomseg import write_seg
-
-        write_seg(mask, path, description)
-    elif fmt == "rtstruct":
-        from .rtstruct import write_rtstruct
-
-        write_rtstruct(mask, path, description)
-    else:
-        raise ValueError(f"{fmt} is not a DICOM format")
-
-
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"

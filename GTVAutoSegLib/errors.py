@@ -13,7 +13,7 @@ class MissingModule:
     """Stands in for an optional module that failed to import; any use raises a one-line GTVError.
 
     SimpleITK is needed only to read and write image files. The GPU machines training runs on can
-    lack it, and work there from packed slice tables (``training/tablepack.py``) and arrays, so the
+    lack it, and work there from packed slice tables (``training/tablestore.py``) and arrays, so the
     library imports without it and says what is missing the moment a file is touched.
     """
 

@@ -15,14 +15,14 @@ import numpy as np
 
 from . import dicomseries
 from .errors import GTVError
+from .filetypes import DETACHED_HEADER_SUFFIXES, ONE_FILE_SUFFIXES, SUPPORTED_INPUTS
 from .image import Image, sitk
 from .inputcheck import check_geometry, check_input_path, check_nifti, check_nrrd, is_nifti
 from .native import quiet_stderr
-from .outputs import atomic_output  # noqa: F401  (re-exported: io.atomic_output is the writers' entry)
+from .outputs import atomic_output
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_INPUTS = "NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr), MHA/MHD or a DICOM series folder"
 
 # Below this the whole volume is air: no patient to segment.
 AIR_HU = -900.0
@@ -176,7 +176,7 @@ def _read_file(path: Path) -> Image:
             img = reader.Execute()
     except RuntimeError as e:
         logger.debug("SimpleITK could not read %s: %s", path, e)
-        detached = path.suffix.lower() in (".mhd", ".nhdr")
+        detached = path.suffix.lower() in DETACHED_HEADER_SUFFIXES
         what = "its data file is missing, truncated or corrupt" if detached else "truncated or corrupt file?"
         raise GTVError(f"{path.name} could not be read ({what})") from None
     _check_dimension(img.GetDimension(), img.GetSize(), img.GetNumberOfComponentsPerPixel(), path)
@@ -214,8 +214,7 @@ def _size_str(image: Image) -> str:
 # --------------------------------------------------------------------------------------------- writing
 
 
-# Formats that SimpleITK writes as one file; detached headers (.mhd, .nhdr) could not be renamed atomically.
-_LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+# Label maps are written as one file (ONE_FILE_SUFFIXES): detached headers could not be renamed atomically.
 
 
 def write_labelmap(mask: Image, path: str | Path) -> None:
@@ -226,8 +225,8 @@ def write_labelmap(mask: Image, path: str | Path) -> None:
         path: ``.nii``, ``.nii.gz``, ``.nrrd`` or ``.mha``.
     """
     path = Path(path)
-    if not path.name.lower().endswith(_LABELMAP_SUFFIXES):
-        raise GTVError(f"cannot write a label map as {path.name}; use one of {', '.join(_LABELMAP_SUFFIXES)}")
+    if not path.name.lower().endswith(ONE_FILE_SUFFIXES):
+        raise GTVError(f"cannot write a label map as {path.name}; use one of {', '.join(ONE_FILE_SUFFIXES)}")
     img = mask.with_array((mask.array != 0).astype(np.uint8)).to_sitk()
     with atomic_output(path) as tmp:
         with quiet_stderr("ITK"):
@@ -246,15 +245,3 @@ def _check_written_grid(tmp: Path, mask: Image, path: Path) -> None:
     if tuple(reader.GetSize()) != tuple(mask.array.shape[::-1]) or not written.same_grid(mask):
         raise GTVError(f"{path.name} cannot hold this image's grid exactly (origin {mask.origin}, direction "
                        f"{tuple(round(v, 4) for v in mask.direction)}); refusing to write a shifted result")
-
-
-# The Slicer segmentation format lives in segfile.py; these names stay reachable as io.X.
-_SEGFILE_NAMES = {"Code", "Terminology", "ANATOMIC_REGIONS", "GTV_COLOR", "write_seg_nrrd", "read_seg_nrrd"}
-
-
-def __getattr__(name: str):
-    if name in _SEGFILE_NAMES:
-        from . import segfile
-
-        return getattr(segfile, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,7 +41,10 @@ class SegmentationResult:
 
 
 def keep_components(mask: np.ndarray, spacing_xyz, spec: PostprocessSpec) -> np.ndarray:
-    """Drop small 3D components and keep the N largest, as the postprocess spec says."""
+    """Drop small 3D components and keep the N largest, as the postprocess spec says.
+
+    Ours on purpose (not MONAI's KeepLargestConnectedComponent): it also drops components below a
+    physical volume in cc."""
     if spec.keep_largest <= 0 and spec.min_component_cc <= 0:
         return mask
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))

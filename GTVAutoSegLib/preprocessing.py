@@ -13,6 +13,8 @@ Forward (``prepare``), on the input array indexed ``(z, y, x)``:
 
 Every step is recorded in a ``PrepState``; ``restore`` walks it backwards onto the input grid.
 The spec is a dataclass stored in the model bundle, so inference preprocesses exactly as training did.
+Kept as our own code on purpose (not a chain of MONAI transforms): it is the exact inverse of the
+shipped models' inputs, and a replacement would have to reproduce them bit for bit.
 """
 
 from __future__ import annotations

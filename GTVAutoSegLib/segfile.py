@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import GTVError
 from .image import Image
-from .io import atomic_output
+from .outputs import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,14 @@ class Terminology:
             self.anatomic_context_name, code(self.anatomic_region), code(self.anatomic_region_modifier),
         ])
 
+    def to_dict(self) -> dict:
+        """As slicerio's terminology dict (the inverse of :meth:`from_dict`)."""
+        def code(c: Code | None) -> list[str]:
+            return [c.scheme, c.value, c.meaning] if c is not None else ["", "", ""]
+        return {"contextName": self.context_name, "category": code(self.category), "type": code(self.type),
+                "typeModifier": code(self.type_modifier), "anatomicContextName": self.anatomic_context_name,
+                "anatomicRegion": code(self.anatomic_region), "anatomicRegionModifier": code(self.anatomic_region_modifier)}
+
     @classmethod
     def from_dict(cls, d: dict) -> "Terminology":
         """From slicerio's terminology dict (``contextName``, ``category``, ``type``, ...)."""
@@ -223,6 +231,9 @@ def write_seg_nrrd(
     The file is a gzip uint8 label map NRRD in LPS space on the mask's grid (label 1 = the segment)
     with Slicer's segmentation header fields, so Slicer loads it as a segmentation node with the
     given name, colour and terminology, and ``slicerio`` reads it.
+
+    The header is written here rather than by slicerio's ``write_segmentation``, which gives the same
+    file (a test compares them) but is not among the packages the Slicer module installs for inference.
 
     Args:
         mask: binary mask (non-zero voxels are the segment), ``(z, y, x)``.

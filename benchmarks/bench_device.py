@@ -10,7 +10,7 @@ said so). Runs the same on the CPU at small sizes.
    on exactly ``--tumour-slices`` of them: goal <= 0.5 s in all after the model is loaded, and the
    two networks within 1.5x of the floor.
 3. Peak GPU memory for a ``--memory-slices`` CT with every slice segmented: goal <= 8 GiB.
-4. Training throughput (``training.bench_throughput``): bare step and the real data pipeline with
+4. Training throughput (``benchmarks/bench_throughput.py``): bare step and the real data pipeline with
    augmentation, both networks, at ``--sizes``: goal pipeline >= 0.9 x 684 slices/s (SANet, 512).
 
     python benchmarks/bench_device.py --json $OUT/device.json                 # on the GPU machine
@@ -32,11 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+import bench_throughput  # noqa: E402
 from bench_inference import build_segmenter, machine_name, select_slices, time_stages  # noqa: E402
+from GTVAutoSegLib.device import DEVICE_HELP  # noqa: E402
 from GTVAutoSegLib.errors import MissingModule  # noqa: E402
 from GTVAutoSegLib.image import Image, sitk  # noqa: E402
 from GTVAutoSegLib.phantom import make_phantom  # noqa: E402
-from training import bench_throughput  # noqa: E402
 from training.engine import sync as _sync  # noqa: E402
 
 FLOOR_H100_S = 0.039  # the floor: classifier over 150 slices 23 ms + SANet over 30 16 ms
@@ -101,7 +102,7 @@ def peak_memory(seg, ct: Image) -> dict[str, float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--model", help="also time this bundle (name or path) through the pipeline")
     p.add_argument("--size", type=int, default=512, help="input side of the untrained classifier + SANet")
     p.add_argument("--slices", type=int, default=150)

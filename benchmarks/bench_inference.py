@@ -23,11 +23,13 @@ import torch
 
 from GTVAutoSegLib import io
 from GTVAutoSegLib.bundle import ModelBundle, open_model
+from GTVAutoSegLib.device import DEVICE_HELP
 from GTVAutoSegLib.image import Image, sitk
 from GTVAutoSegLib.models import NetConfig, build_network
 from GTVAutoSegLib.phantom import make_phantom
 from GTVAutoSegLib.pipeline import Segmenter
 from GTVAutoSegLib.preprocessing import PreprocessSpec
+from GTVAutoSegLib.segfile import write_seg_nrrd
 from GTVAutoSegLib.slices import SliceSelection
 
 
@@ -80,7 +82,7 @@ def time_stages(seg: Segmenter, ct: Image, repeats: int, with_files: bool = True
             result = seg(image, selection=selection)
             t = time.perf_counter()
             if with_files:
-                io.write_seg_nrrd(result.mask, Path(tmp) / "out.seg.nrrd")
+                write_seg_nrrd(result.mask, Path(tmp) / "out.seg.nrrd")
             t_write = time.perf_counter() - t
             total = time.perf_counter() - t0
             if rep:
@@ -91,7 +93,7 @@ def time_stages(seg: Segmenter, ct: Image, repeats: int, with_files: bool = True
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--model", default=None, help="bundle name or path (default: untrained at --size)")
     p.add_argument("--size", type=int, default=512, help="model input size for the untrained bundle")
     p.add_argument("--slices", type=int, default=150)

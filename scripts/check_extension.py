@@ -79,8 +79,11 @@ def check_licence(root: Path) -> list[str]:
     problems = []
     if "Apache License" not in text or "Version 2.0" not in text:
         return [f"{found[0]} is not the Apache License 2.0 text that pyproject.toml names"]
-    if 'license = { text = "Apache-2.0" }' not in (root / "pyproject.toml").read_text(encoding="utf-8"):
-        problems.append("pyproject.toml does not name Apache-2.0")
+    import tomllib
+
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8")).get("project", {})
+    if project.get("license") != "Apache-2.0" or found[0] not in project.get("license-files", []):
+        problems.append(f"pyproject.toml does not name Apache-2.0 and {found[0]} (license, license-files)")
     if "Apache" not in (root / "README.md").read_text(encoding="utf-8"):
         problems.append("README.md does not name the licence")
     return problems

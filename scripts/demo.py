@@ -19,13 +19,15 @@ OPENKBP_VALIDATION = ROOT.parent / "shared" / "data" / "openkbp" / "validation"
 
 
 def main() -> int:
+    from GTVAutoSegLib.device import DEVICE_HELP
+
     p = argparse.ArgumentParser(description="Segment one CT with the default GTVAutoSeg model.")
     p.add_argument("--input", help="CT file (NIfTI/NRRD/MHA) or DICOM folder; default: an OpenKBP validation case")
     p.add_argument("--reference", help="reference mask for a Dice (default for OpenKBP: rois/PTV70.nii.gz)")
     p.add_argument("--case", default="pt_201", help="OpenKBP validation patient when --input is not given")
     p.add_argument("--output", default=str(ROOT / "out"), help="output folder (default out/)")
     p.add_argument("--model", default=None, help="model name or bundle path (default: the default model)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = p.parse_args()
 
     if args.input is None:

@@ -211,13 +211,14 @@ def render(case: str, output: Path) -> Path:
     image.SetDimensions(pixels.shape[1], pixels.shape[0], 1)
     image.GetPointData().SetScalars(numpy_to_vtk(np.flipud(pixels).reshape(-1, 3)))
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp.png")
+    from GTVAutoSegLib.outputs import atomic_output
+
     writer = vtk.vtkPNGWriter()
     writer.SetCompressionLevel(9)
-    writer.SetFileName(str(tmp))
     writer.SetInputData(image)
-    writer.Write()
-    tmp.replace(output)
+    with atomic_output(output) as tmp:
+        writer.SetFileName(str(tmp))
+        writer.Write()
     return output
 
 

@@ -174,3 +174,20 @@ def test_console_script_runs_a_real_sanet_bundle(tmp_path):
     assert io.read_mask(tmp_path / "o" / "case_label.nii.gz").same_grid(ct)
     r = subprocess.run(cmd + ["--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "segment" in r.stdout and "evaluate" in r.stdout and "info" in r.stdout
+
+
+def test_overview_zooms_to_the_body_and_the_masks():
+    from GTVAutoSegLib.phantom import make_phantom
+    from GTVAutoSegLib.report import zoom_box
+
+    ct, mask = make_phantom(shape=(12, 64, 64), spacing=(2.0, 2.0, 3.0), seed=0, contrast_hu=150.0)
+    field = np.full((12, 200, 200), -1000, np.int16)  # a wide field of air around the body
+    field[:, 60:124, 80:144] = ct.array
+    seg = np.zeros(field.shape, np.uint8)
+    seg[:, 60:124, 80:144] = mask.array
+    z0, z1, y0, y1, x0, x1 = zoom_box(field, [seg], (2.0, 2.0, 3.0), margin_mm=10.0)
+    assert (z0, z1) == (0, 11)
+    assert 60 - 5 <= y0 and y1 <= 123 + 5 and 80 - 5 <= x0 and x1 <= 143 + 5  # the body's patch and 10 mm
+    zs, ys, xs = np.nonzero(seg)
+    assert y0 <= ys.min() and ys.max() <= y1 and x0 <= xs.min() and xs.max() <= x1
+    assert zoom_box(np.full((2, 8, 8), -1000, np.int16), [], (1.0, 1.0, 1.0)) == (0, 1, 0, 7, 0, 7)

@@ -15,7 +15,8 @@ import SimpleITK as sitk
 from GTVAutoSegLib import io
 from GTVAutoSegLib.bundle import save_bundle
 from GTVAutoSegLib.cli import main
-from GTVAutoSegLib.dicomrt import ResultDescription, check_source, on_series_grid, write_dicom
+from GTVAutoSegLib.dicomrt import ResultDescription, check_source, on_series_grid
+from GTVAutoSegLib.dicomwriters import write_dicom
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.image import Image
 

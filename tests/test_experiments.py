@@ -1,4 +1,4 @@
-"""training/experiments.py: which runs the tables need, and the Markdown tables computed from run
+"""training/comparison/experiments.py: which runs the tables need, and the Markdown tables computed from run
 folders (per-patient CSVs as training.evaluate writes them)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from GTVAutoSegLib.errors import GTVError
-from training import experiments
+from training.comparison import experiments
 from training.config import load_config
 from training.evaluate import write_rows
 
@@ -69,7 +69,7 @@ def test_report_computes_each_row_from_its_run_and_marks_missing_rows(tmp_path):
     _fake_run(runs / "sanet", [0.5, 0.7], "cascade")
     # a run whose evaluation has both arms: the table picks the row's arm
     _fake_run(runs / "sanet_no_sam", [0.2, 0.4], "cascade")
-    paths = experiments.report([experiments.TABLES[5]], "python -m training.experiments run --budget-min 10",
+    paths = experiments.report([experiments.TABLES[5]], "python -m training.comparison.experiments run --budget-min 10",
                                "Budget: test.", tmp_path / "results", runs)
     text = paths[0].read_text()
     assert "# Table 5: Ablation" in text and "run --budget-min 10" in text and "Budget: test." in text

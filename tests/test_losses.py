@@ -45,6 +45,26 @@ def test_cr_loss_equals_dice_plus_label_smoothed_ce():
     assert cr.item() == pytest.approx((dice + smoothed).item(), rel=1e-5)
 
 
+def _cr_written_out(logits, target, alpha):
+    # The CR loss as the paper writes it (the implementation before MONAI's DiceCELoss took its place).
+    log_p = F.log_softmax(logits.float(), dim=1)
+    dice = build_loss("dice")(logits, target)
+    return dice + (1.0 - alpha) * F.nll_loss(log_p, target) + alpha * (-log_p.mean())
+
+
+@pytest.mark.parametrize("seed, shape", [(0, (3, 2, 8, 8)), (1, (2, 2, 6, 6)), (2, (2, 2, 16, 16)),
+                                         (1, (2, 2, 3, 8, 8)), (5, (4, 3, 32, 32))])
+def test_cr_loss_is_bit_equal_to_the_formula_written_out(seed, shape):
+    torch.manual_seed(seed)
+    logits = torch.randn(*shape, requires_grad=True)
+    target = torch.randint(0, shape[1], (shape[0], *shape[2:]))
+    cr = CRLoss(alpha=0.1)(logits, target)
+    (grad,) = torch.autograd.grad(cr, logits)
+    ref = _cr_written_out(logits, target, 0.1)
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    assert torch.equal(cr, ref) and torch.equal(grad, ref_grad)
+
+
 def test_cr_loss_alpha_zero_is_dice_plus_ce():
     torch.manual_seed(1)
     logits = torch.randn(2, 2, 6, 6)

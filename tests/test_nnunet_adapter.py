@@ -14,7 +14,7 @@ from GTVAutoSegLib import io
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.metrics import dice
 from GTVAutoSegLib.phantom import make_phantom
-from training import nnunet
+from training.comparison import nnunet
 from training.data import CaseRef, load_case, nnunet_cases
 
 

@@ -166,6 +166,23 @@ def test_reorientation_matches_dicomorient(direction):
     np.testing.assert_array_equal(reorient_to_lps(array, direction), expected)
 
 
+@pytest.mark.parametrize(
+    "direction",
+    [FLIP_Y, PERMUTED, (-1, 0, 0, 0, 0, -1, 0, 1, 0), rotation_z(30.0)],
+    ids=["flip-y", "permuted", "flipped-permuted", "oblique"],
+)
+def test_the_overview_png_views_use_this_reorientation_with_dicomorients_spacing(direction):
+    from GTVAutoSegLib.image import Image
+    from GTVAutoSegLib.report import _lps_to_display
+
+    image = Image(np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5), (0.7, 0.9, 2.5), (1.0, 2.0, 3.0),
+                  tuple(float(v) for v in direction))
+    oriented = sitk.DICOMOrient(image.to_sitk(), "LPS")
+    array, spacing = _lps_to_display(image)
+    np.testing.assert_array_equal(array, sitk.GetArrayFromImage(oriented))
+    assert spacing == pytest.approx(oriented.GetSpacing())
+
+
 # ---------------------------------------------------------------- crop, shapes, degenerate input
 
 

@@ -117,7 +117,7 @@ def test_real_ct_fills_segmentation_node_with_gtv(shared_data, bundles, tmp_path
     segment = segmentation.GetSegment(segmentId)
     assert segment.GetName() == "GTV"
 
-    from GTVAutoSegLib.io import GTV_COLOR
+    from GTVAutoSegLib.segfile import GTV_COLOR
 
     assert segment.GetColor() == pytest.approx(GTV_COLOR)
     parts = _terminologyParts(segment.GetTerminology())

@@ -1,4 +1,4 @@
-"""training/tablepack.py: slice tables packed into checksummed parts, and training from a pack on a
+"""training/tablestore.py + tablepack.py: slice tables packed into checksummed parts, and training from a pack on a
 machine without SimpleITK (as on the borrowed GPU machines)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.phantom import make_phantom
 from GTVAutoSegLib.preprocessing import PreprocessSpec
-from training import tablepack
+from training import tablepack, tablestore
 from training.data import SliceTable, prepare_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +35,10 @@ def table(n: int, seed: int) -> SliceTable:
 
 def test_pack_round_trip_is_lossless_over_many_parts(tmp_path):
     t = table(3, 0)
-    manifest = tablepack.write_pack(t, SPEC, tmp_path / "p", part_mib=0.004, provenance={"note": "test"})
+    manifest = tablestore.write_pack(t, SPEC, tmp_path / "p", part_mib=0.004, provenance={"note": "test"})
     assert len(manifest["parts"]) >= 3
     assert all(p["bytes"] <= 0.004 * 2**20 for p in manifest["parts"])
-    back = tablepack.read_pack(tmp_path / "p", SPEC)
+    back = tablestore.read_pack(tmp_path / "p", SPEC)
     for name in ARRAYS:
         a, b = getattr(t, name), getattr(back, name)
         assert a.dtype == b.dtype and np.array_equal(a, b), name
@@ -49,11 +49,11 @@ def test_pack_round_trip_is_lossless_over_many_parts(tmp_path):
 def test_incomplete_damaged_or_foreign_packs_are_refused(tmp_path):
     t = table(2, 10)
     folder = tmp_path / "p"
-    tablepack.write_pack(t, SPEC, folder, part_mib=0.004)
+    tablestore.write_pack(t, SPEC, folder, part_mib=0.004)
     with pytest.raises(GTVError, match="already exists"):
-        tablepack.write_pack(t, SPEC, folder)
+        tablestore.write_pack(t, SPEC, folder)
     with pytest.raises(GTVError, match="prepared with"):
-        tablepack.read_pack(folder, PreprocessSpec(size=96))
+        tablestore.read_pack(folder, PreprocessSpec(size=96))
 
     parts = sorted(folder.glob("part-*.xz"))
     blob = bytearray(parts[1].read_bytes())
@@ -61,9 +61,9 @@ def test_incomplete_damaged_or_foreign_packs_are_refused(tmp_path):
     parts[1].write_bytes(bytes(blob))
     parts[2].rename(tmp_path / "elsewhere.xz")
     with pytest.raises(GTVError, match=rf"missing {parts[2].name}; damaged {parts[1].name}"):
-        tablepack.read_pack(folder, SPEC)
+        tablestore.read_pack(folder, SPEC)
     with pytest.raises(GTVError, match="not a slice-table pack"):
-        tablepack.read_pack(tmp_path, SPEC)
+        tablestore.read_pack(tmp_path, SPEC)
 
 
 def test_cli_build_then_train_from_the_pack_without_simpleitk(tmp_path):
@@ -107,8 +107,8 @@ def test_a_pack_with_other_target_classes_serves_a_binary_run_too(tmp_path):
 
     t = table(2, 20)
     t.masks = np.where((t.masks == 0) & (t.images > 0.2), 2, t.masks).astype(np.uint8)  # an "other target" class
-    tablepack.write_pack(t, SPEC, tmp_path / "p" / "train")
-    tablepack.write_pack(t, SPEC, tmp_path / "p" / "val")
+    tablestore.write_pack(t, SPEC, tmp_path / "p" / "train")
+    tablestore.write_pack(t, SPEC, tmp_path / "p" / "val")
     multi, _ = packed_tables(DataConfig(pack=str(tmp_path / "p"), other_targets=("PTV63",)), SPEC, tmp_path)
     binary, _ = packed_tables(DataConfig(pack=str(tmp_path / "p")), SPEC, tmp_path)
     assert set(np.unique(multi.masks)) == {0, 1, 2} and set(np.unique(binary.masks)) == {0, 1}

@@ -243,6 +243,16 @@ def test_resume_continues_and_time_budget_stops(tmp_path):
     assert budget.history[-1]["partial"] and budget.history[-1]["steps"] == 1  # one step, then validate and save
 
 
+def test_stop_decision_alone(tmp_path):
+    train_t, val_t = phantom_table(2, 0), phantom_table(1, 50)
+    cfg = tiny_config(tmp_path, 'network={"name": "resnet18_classifier"}', 'loss={"name": "ce"}', "patience=2")
+    trainer = Trainer(cfg, train_t, val_t)
+    assert trainer.stop_reason_after({"partial": False}) is None
+    assert trainer.stop_reason_after({"partial": True}) == "time_budget"
+    trainer.bad_epochs = 2
+    assert trainer.stop_reason_after({"partial": False}) == "early_stopping"
+
+
 def test_config_refuses_unknown_keys_and_wrong_loss(tmp_path):
     with pytest.raises(GTVError, match="unknown config key"):
         load_config(None, ["optim.learning_rate=0.1"])
@@ -306,8 +316,9 @@ def test_cli_train_build_bundle_segment_and_evaluate(nnunet_phantoms, tmp_path, 
     assert "| cascade | 2 |" in (out / "summary.md").read_text()
 
 
-def test_bench_throughput_runs(capsys):
-    from training import bench_throughput
+def test_bench_throughput_runs(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_throughput
 
     assert bench_throughput.main(["--sizes", "32", "--batch", "2", "--steps", "1", "--warmup", "0",
                                   "--device", "cpu", "--table-slices", "8"]) == 0
@@ -348,3 +359,18 @@ def test_init_from_a_run_or_a_bundle_loads_its_weights_and_refuses_a_mismatch(tm
     other = tiny_config(tmp_path / "e", *seg, 'preprocess={"size": 64, "margin_mm": 5.0}')
     with pytest.raises(GTVError, match="trained with preprocessing"):
         Trainer(other, train_t, val_t).init_weights(str(tmp_path / "a" / "run" / "best.pt"))
+
+
+def test_auc_is_the_rank_statistic_ties_counting_half():
+    from training.engine import _auc
+
+    assert _auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
+    assert _auc(np.array([0.5, 0.5, 0.5]), np.array([0, 1, 1], bool)) == 0.5
+    assert math.isnan(_auc(np.array([0.1, 0.2]), np.array([1, 1], bool)))
+    rng = np.random.default_rng(0)
+    probs, labels = np.round(rng.random(500), 1), rng.random(500) > 0.7  # many ties
+    from scipy.stats import rankdata
+
+    ranks = rankdata(probs)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    assert _auc(probs, labels) == (ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

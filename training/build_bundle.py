@@ -30,7 +30,8 @@ from GTVAutoSegLib.models import DENSE_KINDS, SEGMENTER_KINDS, NetConfig, build_
 from GTVAutoSegLib.preprocessing import PreprocessSpec
 from GTVAutoSegLib.segfile import ANATOMIC_REGIONS
 
-from .train import git_commit, load_best
+from .provenance import git_commit
+from .train import load_best
 
 
 @dataclass

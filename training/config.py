@@ -70,7 +70,7 @@ class TrainConfig:
             slice recall at or above this.
         val_batch_size: slices per forward pass in validation.
         seed: all randomness (init, BSS draws, shuffling, augmentation).
-        device: ``auto`` / ``cpu`` / ``cuda``.
+        device: one of ``GTVAutoSegLib.device.DEVICE_NAMES``.
         precision: ``fp32``, ``bf16`` (autocast; weights and optimizer stay fp32) or ``auto``: bf16
             on a GPU, and on a CPU whichever of the two trains faster there, measured on the first
             batch (``summary.json`` records the choice and both rates).
@@ -191,6 +191,7 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def validate_train_config(data: dict[str, Any]) -> TrainConfig:
-    from .schema import validate_train_config as check  # pydantic, imported only to read a config
+    from .schema import validate_config  # pydantic, imported only to read a config
 
-    return check(data)
+    sections = (OptimConfig, DataConfig, AugmentConfig, LossConfig, NetConfig, PreprocessSpec, CoarseSpec)
+    return validate_config(data, TrainConfig, sections)

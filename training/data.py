@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -26,14 +26,17 @@ import numpy as np
 from pydantic import Field
 
 from GTVAutoSegLib.errors import GTVError
+from GTVAutoSegLib.filetypes import ONE_FILE_SUFFIXES
 from GTVAutoSegLib.image import Image
-from GTVAutoSegLib.io import atomic_output, read_ct, read_mask
+from GTVAutoSegLib.io import read_ct, read_mask
+from GTVAutoSegLib.outputs import atomic_output
 from GTVAutoSegLib.preprocessing import PreprocessSpec, prepare, to_model_space
+
+from .tablestore import SliceTable, read_tables
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("openkbp", "structseg", "nnunet")
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 CACHE_VERSION = 2  # bump when what a cache file holds changes
 
 
@@ -102,7 +105,7 @@ class DataConfig:
 
 
 def _find_image(stem: Path) -> Path | None:
-    for ending in IMAGE_ENDINGS:
+    for ending in ONE_FILE_SUFFIXES:
         path = stem.parent / (stem.name + ending)
         if path.exists():
             return path
@@ -158,7 +161,7 @@ def nnunet_cases(root: str | Path, label_value: int = 1) -> list[CaseRef]:
     images, labels = root / "imagesTr", root / "labelsTr"
     cases = []
     for path in sorted(images.glob("*_0000.*")) if images.is_dir() else []:
-        ending = next((e for e in IMAGE_ENDINGS if path.name.endswith(e)), None)
+        ending = next((e for e in ONE_FILE_SUFFIXES if path.name.endswith(e)), None)
         if ending is None:
             continue
         case = path.name[: -len("_0000" + ending)]
@@ -182,67 +185,6 @@ def load_case(case: CaseRef) -> tuple[Image, Image]:
     for path in case.others:
         other |= np.asarray(read_mask(path, like=ct).array) != 0
     return ct, mask.with_array(np.where(target, 1, np.where(other, 2, 0)).astype(np.uint8))
-
-
-# ------------------------------------------------------------------------------------ slice table
-
-
-@dataclass
-class SliceTable:
-    """Model-space slices of many patients, one row per axial slice.
-
-    Attributes:
-        images: ``(N, H, W)`` float16 in ``[0, 1]``.
-        masks: ``(N, H, W)`` uint8 labels: 0/1, or with ``other_targets`` 0 background, 1 target,
-            2 other target volumes.
-        patient: ``(N,)`` int32, index into ``patients``.
-        slice_index: ``(N,)`` int32, the model-space slice number within its patient.
-        tumour: ``(N,)`` bool, the slice holds target on the original grid. A sliver of target can
-            vanish when a slice is shrunk to model space; its slice still counts as tumour, because
-            the cascade is scored on the original grid, where missing that slice is a miss.
-        patients: patient ids.
-        spacing: per patient, model-space ``(sx, sy, sz)`` mm (for 3D metrics).
-    """
-
-    images: np.ndarray
-    masks: np.ndarray
-    patient: np.ndarray
-    slice_index: np.ndarray
-    tumour: np.ndarray
-    patients: list[str]
-    spacing: list[tuple[float, float, float]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.tumour.size)
-
-    def rows_of(self, patient_ids: list[str]) -> np.ndarray:
-        """Row indices of the slices of these patients."""
-        wanted = [self.patients.index(p) for p in patient_ids]
-        return np.flatnonzero(np.isin(self.patient, wanted))
-
-    def subset(self, patient_ids: list[str]) -> "SliceTable":
-        """A table of only these patients (a copy)."""
-        rows = self.rows_of(patient_ids)
-        old = [self.patients.index(p) for p in patient_ids]
-        remap = np.full(len(self.patients), -1, np.int32)
-        remap[old] = np.arange(len(old), dtype=np.int32)
-        return SliceTable(self.images[rows], self.masks[rows], remap[self.patient[rows]],
-                          self.slice_index[rows], self.tumour[rows], list(patient_ids),
-                          [self.spacing[i] for i in old] if self.spacing else [])
-
-    @classmethod
-    def concatenate(cls, parts: list[tuple]) -> "SliceTable":
-        """From ``(patient, slices (Z, H, W), masks (Z, H, W), spacing[, flags (Z,)])`` per patient;
-        without flags a slice is tumour where its model-space mask is not empty."""
-        if not parts:
-            raise GTVError("no cases to build a slice table from")
-        images = np.concatenate([p[1].astype(np.float16, copy=False) for p in parts])
-        masks = np.concatenate([p[2].astype(np.uint8, copy=False) for p in parts])
-        patient = np.concatenate([np.full(p[1].shape[0], i, np.int32) for i, p in enumerate(parts)])
-        slice_index = np.concatenate([np.arange(p[1].shape[0], dtype=np.int32) for p in parts])
-        tumour = np.concatenate([p[4] if len(p) > 4 else p[2].reshape(p[2].shape[0], -1).any(1) for p in parts])
-        tumour = tumour.astype(bool) | (masks == 1).reshape(masks.shape[0], -1).any(axis=1)
-        return cls(images, masks, patient, slice_index, tumour, [p[0] for p in parts], [tuple(p[3]) for p in parts])
 
 
 def prepare_case(ct: Image, mask: Image, spec: PreprocessSpec, n_classes: int = 2):
@@ -328,7 +270,8 @@ def kfold_patients(patients: list[str], folds: int, fold: int, seed: int) -> tup
     return train, val
 
 
-def _first(ids: list[str], n: int | None, seed: int) -> list[str]:
+def _seeded_subset(ids: list[str], n: int | None, seed: int) -> list[str]:
+    """``n`` of ``ids`` drawn at random with ``seed`` (kept in their order); all of them when ``n`` is None."""
     if n is None or n >= len(ids):
         return ids
     keep = np.sort(np.random.default_rng(seed).permutation(len(ids))[:n])
@@ -363,8 +306,8 @@ def split_cases(cfg: DataConfig, project_root: Path) -> tuple[list[CaseRef], lis
     overlap = {c.patient for c in train} & {c.patient for c in val}
     if overlap:
         raise GTVError(f"patients on both sides of the split: {', '.join(sorted(overlap)[:5])}")
-    keep_t = set(_first([c.patient for c in train], cfg.max_train_patients, cfg.seed))
-    keep_v = set(_first([c.patient for c in val], cfg.max_val_patients, cfg.seed + 1))
+    keep_t = set(_seeded_subset([c.patient for c in train], cfg.max_train_patients, cfg.seed))
+    keep_v = set(_seeded_subset([c.patient for c in val], cfg.max_val_patients, cfg.seed + 1))
     return [c for c in train if c.patient in keep_t], [c for c in val if c.patient in keep_v]
 
 
@@ -374,12 +317,10 @@ def packed_tables(cfg: DataConfig, spec: PreprocessSpec, project_root: Path) -> 
     A pack made with other target volumes as class 2 serves a run without them too: it sees the
     target alone (so one pack carries the data of a locator with PTV classes and of a binary 2D net).
     """
-    from .tablepack import read_tables
-
     path = Path(cfg.pack)
     train, val = read_tables(path if path.is_absolute() else project_root / path, spec)
-    tables = (train.subset(_first(train.patients, cfg.max_train_patients, cfg.seed)),
-              val.subset(_first(val.patients, cfg.max_val_patients, cfg.seed + 1)))
+    tables = (train.subset(_seeded_subset(train.patients, cfg.max_train_patients, cfg.seed)),
+              val.subset(_seeded_subset(val.patients, cfg.max_val_patients, cfg.seed + 1)))
     if not cfg.other_targets:
         for t in tables:
             t.masks = (t.masks == 1).astype(np.uint8)

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from GTVAutoSegLib.cascade import context_indices
+from GTVAutoSegLib.cascade import context_indices, split_output
 from GTVAutoSegLib.sampling import balance_indices
 
-from .data import SliceTable
+from .tablestore import SliceTable
 
 
 def neighbour_rows(table: SliceTable, k: int) -> np.ndarray:
@@ -130,11 +130,6 @@ def choose_precision(requested: str, model: nn.Module, loss_fn: nn.Module, x, y,
     return max(rates, key=rates.get), rates
 
 
-def _split_output(out):
-    # sanet_mtl returns (segmentation, slice classification)
-    return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
-
-
 class StepLoss(nn.Module):
     """The training loss of either kind of network.
 
@@ -152,7 +147,7 @@ class StepLoss(nn.Module):
     def forward(self, out, y: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
         if self.kind == "classifier":
             return F.cross_entropy(out.float(), flag, weight=self.weight)
-        seg, cls = _split_output(out)
+        seg, cls = split_output(out)
         loss = self.seg_loss(seg, y)
         if cls is not None:
             loss = loss + F.cross_entropy(cls.float(), flag)
@@ -198,15 +193,13 @@ def operating_threshold(probs: np.ndarray, labels: np.ndarray, recall_target: fl
 
 
 def _auc(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve by the rank statistic (ties count half)."""
+    """Area under the ROC curve (MONAI's ``compute_roc_auc``; ties count half); NaN when one class is absent."""
     labels = np.asarray(labels, bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    from scipy.stats import rankdata
+    if labels.all() or not labels.any():
+        return math.nan  # checked here: MONAI would warn, then return NaN
+    from monai.metrics import compute_roc_auc
 
-    ranks = rankdata(probs)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(compute_roc_auc(torch.as_tensor(np.asarray(probs)), torch.as_tensor(labels.astype(np.int64))))
 
 
 @dataclass
@@ -265,7 +258,7 @@ def validate_segmenter(model, source: SliceSource, table: SliceTable, batch: int
     inter, p_sum, g_sum = np.zeros(n_pat), np.zeros(n_pat), np.zeros(n_pat)
     loss_sum, n_batches = 0.0, 0
     for part, out, y, flag in _forward_rows(model, source, rows, batch, autocast, memory_format):
-        seg, _ = _split_output(out)
+        seg, _ = split_output(out)
         loss_sum += float(loss_fn(out, y, flag))
         n_batches += 1
         pred = seg.float().argmax(1) == 1

@@ -22,15 +22,17 @@ import torch
 
 from GTVAutoSegLib.bundle import PostprocessSpec, load_bundle
 from GTVAutoSegLib.cascade import CombineSpec
+from GTVAutoSegLib.device import DEVICE_HELP
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.metrics import evaluate_case, false_positive_slices, slice_recall, summarise
+from GTVAutoSegLib.outputs import atomic_output
 from GTVAutoSegLib.pipeline import Segmenter
 
 from .build_bundle import parse_combine
 from .config import load_config
 from .data import CaseRef, load_case, openkbp_cases, split_cases
+from .provenance import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("cascade", "alone")
 COLUMNS = ("patient", "arm", "dice", "jaccard", "hd95_mm", "fp_slices", "fn_slices", "ref_slices",
            "volume_pred_cc", "volume_ref_cc", "classifier_recall", "classifier_fp_slices", "seconds")
@@ -80,7 +82,8 @@ def evaluate_cases(bundle_path: str | Path, cases: list[CaseRef], arms=ARMS, dev
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    """The per-patient CSV, written atomically (a killed evaluation leaves no half table to read)."""
+    with atomic_output(Path(path)) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in rows:
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", required=True)
     add_data_args(p)
     p.add_argument("--arms", default="cascade,alone", help="comma list of: cascade, alone")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--combine", action="append", default=[], metavar="KEY=VALUE",
                    help="override how the bundle's networks combine, e.g. locator_weight=0.5 or tta_flip=true")
     p.add_argument("--out", required=True, help="folder for per_patient.csv and summary.md")

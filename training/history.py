@@ -6,18 +6,18 @@ import csv
 import math
 from pathlib import Path
 
+from GTVAutoSegLib.outputs import atomic_output
+
 
 def write_csv(rows: list[dict], path: Path) -> None:
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(row.get(k, "")) for k in keys})
-    tmp.replace(path)
 
 
 def _fmt(v):
@@ -52,7 +52,6 @@ def plot_curves(rows: list[dict], path: Path, metric_keys: tuple[str, ...]) -> N
     ax_m.set_ylim(0, 1.02)
     ax_m.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from GTVAutoSegLib.coarse import CoarseSpec, from_coarse, labels_to_coarse, to_coarse
 
 from .augment import AugmentConfig, coin, uniform
-from .data import SliceTable
+from .tablestore import SliceTable
 from .engine import StepLoss, Validation
 
 

@@ -32,8 +32,10 @@ import torch
 
 from GTVAutoSegLib.bundle import load_bundle
 from GTVAutoSegLib.cascade import widen
+from GTVAutoSegLib.device import DEVICE_HELP
 from GTVAutoSegLib.errors import GTVError
-from GTVAutoSegLib.io import atomic_output, read_mask
+from GTVAutoSegLib.io import read_mask
+from GTVAutoSegLib.outputs import atomic_output
 from GTVAutoSegLib.metrics import dice, false_positive_slices, slice_flags, slice_recall, summarise, volume_ratio
 from GTVAutoSegLib.pipeline import Segmenter
 from GTVAutoSegLib.preprocessing import prepare, restore_slice_values
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
     add_data_args(p)
     p.add_argument("--thresholds", help="comma list in [0, 1] (default 0.1 ... 0.98 and the bundle's own)")
     p.add_argument("--other-rois", default="", help="comma list of structures beside the label, e.g. PTV63,PTV56")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", required=True, help="folder for operating_points.csv and summary.md")
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)

@@ -31,8 +31,8 @@ from GTVAutoSegLib.metrics import paired_bootstrap, summarise
 
 from .build_bundle import parse_combine
 from .evaluate import cases_from_args, evaluate_cases, write_rows
+from .provenance import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "training" / "runs" / "selection"
 
 

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import math
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -22,12 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from GTVAutoSegLib.device import resolve_device
+from GTVAutoSegLib.device import DEVICE_HELP, resolve_device
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.losses import build_loss
 from GTVAutoSegLib.models import DENSE_KINDS, build_network, count_parameters, resolve_config
+from GTVAutoSegLib.outputs import atomic_output
 
-from . import distributed as D
+from . import distributed
 from .augment import augment_batch
 from .config import TrainConfig, config_from_dict, load_config
 from .data import SliceTable, build_slice_table, packed_tables, resolve_cache, split_cases
@@ -35,26 +35,15 @@ from .engine import (SliceSource, StepLoss, Validation, autocast_for, choose_pre
                      memory_format_for, train_step, validate_classifier, validate_segmenter)
 from .history import plot_curves, write_csv
 from .locator import CoarseSource, augment_volume, epoch_items, validate_locator
+from .provenance import ROOT, git_commit
 from .volumes import VolumeSource, patch_count, validate_segmenter3d
 
-ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_FORMAT = "gtvautoseg-train-checkpoint"
 BEST_FORMAT = "gtvautoseg-train-best"
 logger = logging.getLogger("training")
 
 
-def git_commit(root: Path = ROOT) -> str:
-    """``HEAD``'s hash, with ``+dirty`` when the tree has changes; ``unknown`` outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def load_tables(cfg: TrainConfig, world: D.World, root: Path = ROOT) -> tuple[SliceTable, SliceTable]:
+def load_tables(cfg: TrainConfig, world: distributed.World, root: Path = ROOT) -> tuple[SliceTable, SliceTable]:
     """Training and validation slice tables; rank 0 fills the cache first, the others read it."""
     if cfg.data.pack:
         return packed_tables(cfg.data, cfg.preprocess, root)
@@ -64,7 +53,7 @@ def load_tables(cfg: TrainConfig, world: D.World, root: Path = ROOT) -> tuple[Sl
     if world.is_main:
         tables = (build_slice_table(train_cases, cfg.preprocess, cache, progress=True),
                   build_slice_table(val_cases, cfg.preprocess, cache, progress=True))
-    D.barrier(world)
+    distributed.barrier(world)
     if tables is None:
         tables = (build_slice_table(train_cases, cfg.preprocess, cache), build_slice_table(val_cases, cfg.preprocess, cache))
     return tables
@@ -92,11 +81,11 @@ def load_best(path: str | Path) -> dict:
 class Trainer:
     """One run of :class:`TrainConfig` on given slice tables."""
 
-    def __init__(self, cfg: TrainConfig, train: SliceTable, val: SliceTable, world: D.World | None = None):
+    def __init__(self, cfg: TrainConfig, train: SliceTable, val: SliceTable, world: distributed.World | None = None):
         self.cfg = cfg
-        self.world = world or D.World()
+        self.world = world or distributed.World()
         self.kind = cfg.kind
-        self.device = D.device_for(self.world, resolve_device(cfg.device))
+        self.device = distributed.device_for(self.world, resolve_device(cfg.device))
         self.out = Path(cfg.out_dir)
         if not self.out.is_absolute():
             self.out = ROOT / self.out
@@ -218,9 +207,8 @@ class Trainer:
         self._log(f"weights from {source}")
 
     def _save(self, path: Path, payload: dict) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)  # a run killed while saving keeps its previous checkpoint
+        with atomic_output(path) as tmp:  # a run killed while saving keeps its previous checkpoint
+            torch.save(payload, tmp)
 
     def _save_best(self, metrics: dict) -> None:
         self._save(self.out / "best.pt", {
@@ -295,7 +283,7 @@ class Trainer:
             rows = epoch_rows(self.train_table.tumour, cfg.balance, cfg.seed, epoch, cfg.max_slices_per_epoch)
             if self.depth is not None:  # the drawn slices become centres of fewer, deeper patches
                 rows = rows[:patch_count(rows.size, self.depth)]
-        rows = D.shard(rows, world)
+        rows = distributed.shard(rows, world)
         per_item = self.depth or 1  # slices per batch item
         batches = [rows[i:i + cfg.batch_size] for i in range(0, rows.size, cfg.batch_size)]
         if len(batches) > 1 and batches[-1].size < 2:
@@ -305,7 +293,7 @@ class Trainer:
         steps, epoch_slices, partial, t_epoch = 0, 0, False, time.monotonic()
         bar = _bar(len(batches), f"epoch {epoch}/{cfg.max_epochs}", world.is_main)
         for i, b in enumerate(batches):
-            if steps and D.any_rank(self._out_of_time(), world, self.device):
+            if steps and distributed.any_rank(self._out_of_time(), world, self.device):
                 partial = True
                 break
             x, y, flag = self.train_src.batch(b, self.memory_format)
@@ -355,7 +343,7 @@ class Trainer:
             if improved:
                 self._save_best(v.metrics)
             decision = {"bad_epochs": self.bad_epochs}
-        decision = D.broadcast_object(decision, self.world)
+        decision = distributed.broadcast_object(decision, self.world)
         self.bad_epochs = decision["bad_epochs"]
         self.validated_epoch = self.epoch
 
@@ -371,6 +359,15 @@ class Trainer:
         keys = (("val_dice", "val_dice_median") if self.kind in DENSE_KINDS
                 else ("val_recall", "val_precision", "val_auc"))
         plot_curves(self.history, self.out / "curves.png", keys)
+
+    def stop_reason_after(self, row: dict) -> str | None:
+        """Why training stops after the epoch of ``row``: ``time_budget`` (the budget ended it part
+        way), ``early_stopping`` (``patience`` validations without improvement), or None to go on."""
+        if row["partial"]:
+            return "time_budget"
+        if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
+            return "early_stopping"
+        return None
 
     def fit(self) -> dict:
         """Train until max epochs, early stopping or the time budget; returns the run summary."""
@@ -393,7 +390,7 @@ class Trainer:
         first_epoch = self.epoch + 1
         while self.epoch < cfg.max_epochs:
             # every invocation trains at least one step, so a tiny budget still leaves a checkpoint
-            if self.epoch + 1 > first_epoch and D.any_rank(self._out_of_time(), world, self.device):
+            if self.epoch + 1 > first_epoch and distributed.any_rank(self._out_of_time(), world, self.device):
                 stop_reason = "time_budget"
                 break
             row = self.train_epoch(self.epoch + 1)
@@ -401,16 +398,14 @@ class Trainer:
                 stop_reason = "time_budget"
                 break
             self.epoch = row["epoch"]
-            D.sync_buffers(self.net, world)
+            distributed.sync_buffers(self.net, world)
             last = row["partial"] or self.epoch == cfg.max_epochs
             if last or self.epoch % cfg.val_every == 0:
                 self.validate_and_checkpoint(row)
             self.log_epoch(row)
-            if row["partial"]:
-                stop_reason = "time_budget"
-                break
-            if cfg.patience and self.bad_epochs >= cfg.patience:
-                stop_reason = "early_stopping"
+            stop = self.stop_reason_after(row)
+            if stop:
+                stop_reason = stop
                 break
         if self.validated_epoch != self.epoch:  # stopped by the budget after an epoch left unvalidated
             row = {"epoch": self.epoch, "steps": 0, "slices": 0, "partial": False}
@@ -470,7 +465,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", help="a last.pt to continue from, or 'auto' for OUT/last.pt when it exists")
     p.add_argument("--init-from", help="start from these weights with a fresh optimizer (fine-tuning): a best.pt, "
                                        "last.pt, or a model bundle name or path (e.g. hcf-openkbp-ptv70)")
-    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--size", type=int, help="model-space side (preprocess.size)")
@@ -503,12 +498,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_flush_denormal(True)  # untrained nets on CPU slow down 2-4x on denormals
     args = parse_args(argv)
-    world = D.World()
+    world = distributed.World()
     try:
         cfg = config_from_args(args)
         if cfg.threads is not None:  # once, before any tensor work
             torch.set_num_threads(cfg.threads)
-        world = D.init_world(cfg.device)
+        world = distributed.init_world(cfg.device)
         train, val = load_tables(cfg, world)
         trainer = Trainer(cfg, train, val, world)
         if args.init_from and args.resume:
@@ -526,7 +521,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        D.shutdown(world)
+        distributed.shutdown(world)
     return 0
 
 

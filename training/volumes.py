@@ -14,10 +14,10 @@ import math
 import numpy as np
 import torch
 
-from GTVAutoSegLib.cascade import average_windows, z_windows
+from GTVAutoSegLib.cascade import average_windows, split_output, z_windows
 
-from .data import SliceTable
-from .engine import StepLoss, Validation, _split_output
+from .tablestore import SliceTable
+from .engine import StepLoss, Validation
 
 
 def patch_count(n_rows: int, depth: int) -> int:
@@ -104,7 +104,7 @@ def validate_segmenter3d(model, source: VolumeSource, loss_fn: StepLoss, autocas
             yb = y[s:s + d][None].to(source.device)
             with autocast:
                 out = model(xb)
-            seg, _ = _split_output(out)
+            seg, _ = split_output(out)
             losses.append(float(loss_fn(out, yb, torch.ones(1, dtype=torch.int64, device=source.device))))
             return torch.softmax(seg.float(), 1)[0, 1].cpu().numpy()
 

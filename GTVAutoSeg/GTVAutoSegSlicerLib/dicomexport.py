@@ -71,7 +71,8 @@ def writeDicom(target, paths: dict[str, Path], dicomFolder: str | Path | None = 
         GTVAutoSegError: no DICOM series, a series that cannot be referenced (de-identified UIDs) or
             that is not on the volume's grid, or a missing package.
     """
-    from GTVAutoSegLib.dicomrt import ResultDescription, check_source, check_writers, on_series_grid, write_dicom
+    from GTVAutoSegLib.dicomrt import ResultDescription, check_source, check_writers, on_series_grid
+    from GTVAutoSegLib.dicomwriters import write_dicom
     from GTVAutoSegLib.dicomseries import read_series
     from GTVAutoSegLib.errors import GTVError
 

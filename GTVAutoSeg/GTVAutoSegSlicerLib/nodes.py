@@ -128,11 +128,10 @@ def _loadDicomFolder(scene, folder: Path, name: str | None):
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    from GTVAutoSegLib.filetypes import image_suffix
+
+    suffix = image_suffix(path.name)
+    return path.name[: -len(suffix)] if suffix else path.stem
 
 
 def readSegmentationFile(path: str | Path):

@@ -26,6 +26,7 @@ import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
 import slicer
+import slicer.util
 
 from .nodes import segmentArray  # noqa: F401  (the tests read segments through the module's own code)
 
@@ -75,19 +76,21 @@ def newScene():
 
 
 def imageArray(image) -> np.ndarray:
-    """A ``vtkImageData`` as a ``(k, j, i)`` numpy array (a copy)."""
+    """A ``vtkImageData`` as a ``(k, j, i)`` numpy array (a copy); kept: filter outputs have no node for
+    ``slicer.util.arrayFromVolume``."""
     dims = image.GetDimensions()
     return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).copy()
 
 
 def volumeArray(volumeNode) -> np.ndarray:
-    return imageArray(volumeNode.GetImageData())
+    """The volume's voxels ``(k, j, i)``, a copy (``slicer.util.arrayFromVolume`` gives a view)."""
+    return slicer.util.arrayFromVolume(volumeNode).copy()
 
 
 def ijkToRasArray(volumeNode) -> np.ndarray:
     m = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(m)
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return slicer.util.arrayFromVTKMatrix(m)
 
 
 def saveAndReload(segmentationNode, path: str | Path):

@@ -25,7 +25,6 @@ import argparse
 import csv
 import importlib.util
 import io
-import os
 import sys
 import time
 import traceback
@@ -39,7 +38,6 @@ if str(MODULE_DIR) not in sys.path:
 if importlib.util.find_spec("GTVAutoSegLib") is None and (MODULE_DIR.parent / "GTVAutoSegLib").is_dir():
     sys.path.insert(0, str(MODULE_DIR.parent))
 
-CT_SUFFIXES = (".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
 SUMMARY_FIELDS = ("case", "input", "status", "segmentation", "target", "volume_cc", "slices_segmented",
                   "slices_total", "review_slices", "seconds", "error", "dicom")
 # What a case can be written as here (GTVAutoSegLib.outputs.OUTPUT_FORMATS has the file names).
@@ -50,6 +48,8 @@ EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_CRASHED = 0, 1, 2, 3
 def findCases(inputs: list[str]) -> list[Path]:
     """Files as given; a folder gives every CT file directly in it, or, when it holds none, each
     subfolder (a DICOM series), or else itself (a folder of DICOM files)."""
+    from GTVAutoSegLib.filetypes import IMAGE_SUFFIXES, image_suffix
+
     cases: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -57,8 +57,7 @@ def findCases(inputs: list[str]) -> list[Path]:
             cases.append(path)  # a missing file is reported as that case's failure
             continue
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        files = [p for p in entries if p.is_file() and p.name.lower().endswith(CT_SUFFIXES)
-                 and not p.name.lower().endswith(".seg.nrrd")]
+        files = [p for p in entries if p.is_file() and image_suffix(p.name) in IMAGE_SUFFIXES]  # not a .seg.nrrd
         folders = [p for p in entries if p.is_dir()]
         cases += files or folders or [path]
     return cases
@@ -80,9 +79,10 @@ def writeSummary(rows: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    from GTVAutoSegLib.outputs import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
 
 
 def segmentCase(path: Path, name: str, outputDir: Path, parameters, formats=("nrrd",)) -> dict:
@@ -143,11 +143,13 @@ def keepInputGrid(segPath: Path, inputImage) -> None:
 
 
 def buildParser() -> argparse.ArgumentParser:
+    from GTVAutoSegLib.device import DEVICE_HELP
+
     p = argparse.ArgumentParser(prog="batch_segment.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="CT files and/or folders")
     p.add_argument("--output", required=True, help="output folder (created if missing)")
     p.add_argument("--model", default=None, help="model name from Models.json or a bundle path (default: the default model)")
-    p.add_argument("--device", default="auto", type=_deviceName, help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--device", default="auto", type=_deviceName, help=DEVICE_HELP)
     p.add_argument("--threshold", type=float, default=None, help="classifier threshold (default: the model's)")
     p.add_argument("--review-margin", type=float, default=0.1, help="list slices this close to the threshold")
     p.add_argument("--surface", action="store_true", help="also store the closed surface in each .seg.nrrd")

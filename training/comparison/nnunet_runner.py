@@ -1,9 +1,9 @@
-"""nnU-Net v2's own steps, run in nnU-Net's environment by ``training/nnunet.py`` (never imports
+"""nnU-Net v2's own steps, run in nnU-Net's environment by ``training/comparison/nnunet.py`` (never imports
 this project; nnUNet_raw / nnUNet_preprocessed / nnUNet_results come from the environment).
 
-    python training/nnunet_runner.py plan    --dataset Dataset501_X --configuration 2d
-    python training/nnunet_runner.py train   --dataset Dataset501_X --configuration 2d --budget-min 10 --report t.json
-    python training/nnunet_runner.py predict --dataset Dataset501_X --configuration 2d --input DIR --output DIR --report p.json
+    python training/comparison/nnunet_runner.py plan    --dataset Dataset501_X --configuration 2d
+    python training/comparison/nnunet_runner.py train   --dataset Dataset501_X --configuration 2d --budget-min 10 --report t.json
+    python training/comparison/nnunet_runner.py predict --dataset Dataset501_X --configuration 2d --input DIR --output DIR --report p.json
 
 ``train`` is nnU-Net's default trainer (its network, loss, augmentation, poly learning-rate schedule,
 deep supervision, foreground oversampling) with one change: it stops on a wall-clock budget instead

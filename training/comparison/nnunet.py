@@ -2,7 +2,7 @@
 preprocessing and training under a stated budget, and its predictions scored like ours.
 
     bash scripts/setup_nnunet.sh          # once: .venv-nnunet with nnunetv2 (about 1 GB)
-    python -m training.nnunet run --configuration 2d --budget-min 10 --threads 1
+    python -m training.comparison.nnunet run --configuration 2d --budget-min 10 --threads 1
 
 ``run`` does, each step skipped when its output is there:
 
@@ -10,11 +10,11 @@ preprocessing and training under a stated budget, and its predictions scored lik
    ``labelsTr/<case>.nii.gz`` with the target as label 1, ``dataset.json``; the validation CTs again
    under ``imagesTs``), plus the split (train patients train, validation patients validate: the
    selection our own runs use).
-2. ``plan``, ``train``, ``predict``: ``training/nnunet_runner.py`` in nnU-Net's environment (it never
+2. ``plan``, ``train``, ``predict``: ``training/comparison/nnunet_runner.py`` in nnU-Net's environment (it never
    imports this project): ``nnUNetv2_plan_and_preprocess``, nnU-Net's trainer stopped by the wall-clock
    budget, prediction of the validation CTs.
 3. ``evaluate``: each prediction read back onto its CT's grid by physical position and scored with
-   the library's metrics into ``eval/per_patient.csv``, the file :mod:`training.experiments` tables.
+   the library's metrics into ``eval/per_patient.csv``, the file :mod:`training.comparison.experiments` tables.
 
 This module needs only the main environment; the runner alone needs nnunetv2.
 """
@@ -38,13 +38,13 @@ import numpy as np
 from GTVAutoSegLib import io
 from GTVAutoSegLib.errors import GTVError
 from GTVAutoSegLib.image import Image
+from GTVAutoSegLib.outputs import atomic_output
 
-from .config import load_config
-from .data import CaseRef, load_case, split_cases
-from .evaluate import metric_row, summary_markdown, write_rows
-from .train import git_commit
+from ..config import load_config
+from ..data import CaseRef, load_case, split_cases
+from ..evaluate import metric_row, summary_markdown, write_rows
+from ..provenance import ROOT, git_commit
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).resolve().parent / "nnunet_runner.py"
 FILE_ENDING = ".nii.gz"
 CONFIGURATIONS = ("2d", "3d_fullres")
@@ -70,7 +70,7 @@ def _write_ct(ct: Image, path: Path) -> None:
     import SimpleITK as sitk
 
     array = ct.array.astype(np.int16) if _integral(ct.array) else ct.array.astype(np.float32)
-    with io.atomic_output(path) as tmp:
+    with atomic_output(path) as tmp:
         sitk.WriteImage(ct.with_array(array).to_sitk(), str(tmp), True)
 
 
@@ -205,7 +205,7 @@ def run(args) -> int:
     record.update(params=trained["params"], git_commit=git_commit(),
                   finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     (out / "pipeline.json").write_text(json.dumps(record, indent=1))
-    # the fields training.experiments reads from our own runs' summary.json
+    # the fields training.comparison.experiments reads from our own runs' summary.json
     summary = {"kind": "segmenter", "network": record["method"], "stop_reason": trained["stop_reason"],
                "wall_seconds": trained["seconds"], "slices_seen": trained["slices_seen"],
                "epochs_completed": trained["epochs"], "config": {"time_budget_min": args.budget_min},
@@ -216,7 +216,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.nnunet", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m training.comparison.nnunet", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="export, plan, train under a budget, predict the validation patients, evaluate")
     r.add_argument("--configuration", choices=CONFIGURATIONS, default="2d")

@@ -1,7 +1,7 @@
 """Training throughput in slices per second: a bare train step vs the real data path.
 
-    python -m training.bench_throughput                       # both networks at 512 and 128
-    python -m training.bench_throughput --sizes 128 --batch 8 --steps 5 --device cpu
+    python benchmarks/bench_throughput.py                       # both networks at 512 and 128
+    python benchmarks/bench_throughput.py --sizes 128 --batch 8 --steps 5 --device cpu
 
 "bare": one fixed batch already on the device, forward + loss + backward + AdamW step.
 "pipeline": what ``train.py`` does per step: gather a batch from a slice table (preloaded to the GPU
@@ -16,17 +16,20 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from GTVAutoSegLib.device import resolve_device
-from GTVAutoSegLib.losses import build_loss
-from GTVAutoSegLib.models import NetConfig, build_network, network_kind
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from .augment import AugmentConfig, augment_batch
-from .data import SliceTable
-from .engine import SliceSource, StepLoss, autocast_for, epoch_rows, memory_format_for, sync, train_step
+from GTVAutoSegLib.device import DEVICE_HELP, resolve_device  # noqa: E402
+from GTVAutoSegLib.losses import build_loss  # noqa: E402
+from GTVAutoSegLib.models import NetConfig, build_network, network_kind  # noqa: E402
+from training.augment import AugmentConfig, augment_batch  # noqa: E402
+from training.engine import (SliceSource, StepLoss, autocast_for, epoch_rows, memory_format_for,  # noqa: E402
+                             sync, train_step)
+from training.tablestore import SliceTable  # noqa: E402
 
 
 def synthetic_table(n: int, size: int, seed: int = 0) -> SliceTable:
@@ -83,13 +86,13 @@ def bench(name: str, size: int, batch: int, steps: int, warmup: int, device: tor
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.bench_throughput", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/bench_throughput.py", description=__doc__.splitlines()[0])
     p.add_argument("--networks", default="resnet18_classifier,sanet")
     p.add_argument("--sizes", default="512,128")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--table-slices", type=int, default=512, help="slices in the synthetic table (pipeline)")
