@@ -463,10 +463,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class SegmentCommand:
+    """The segment command's pieces that ``gtvautoseg batch`` runs per case (raybatch takes them
+    from here instead of importing the CLI, which imports raybatch)."""
+
+    build_parser = staticmethod(build_parser)
+    open_segmenter = staticmethod(open_segmenter)
+    case_outputs = staticmethod(_case_outputs)
+    segment = staticmethod(_cmd_segment)
+    case_name = staticmethod(case_name)
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
     from .raybatch import cmd_batch
 
-    return cmd_batch(args)
+    return cmd_batch(args, SegmentCommand)
 
 
 def main(argv: list[str] | None = None) -> int:

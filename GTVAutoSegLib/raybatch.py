@@ -8,6 +8,11 @@ outputs only ever appear by rename, so a retry is safe and nothing partial is le
 fails is a row in the summary CSV and the others go on.
 
 Ray is an optional extra (``pip install gtvautoseg[ray]``); it is imported only for ``--ray``.
+
+The segment command's pieces come in as ``command`` (the CLI passes :class:`cli.SegmentCommand`):
+this module sits above the CLI's segment code, and the CLI's ``batch`` dispatches here, so taking
+them as a parameter keeps the import graph one-way. Ray pickles the class by reference, so every
+worker imports the same code.
 """
 
 from __future__ import annotations
@@ -34,9 +39,8 @@ _FORWARDED = (("model", "--model"), ("device", "--device"), ("threshold", "--thr
 def find_cases(inputs: list[str | Path]) -> list[Path]:
     """Files as given; a folder gives the CT files directly in it, or, when it holds none, each
     subfolder (a DICOM series), or else itself (a folder of DICOM files)."""
-    from .cli import IMAGE_SUFFIXES
+    from .filetypes import SEGMENTATION_SUFFIX, image_suffix
 
-    suffixes = tuple(s for s in IMAGE_SUFFIXES if s != ".seg.nrrd")
     cases: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -44,17 +48,14 @@ def find_cases(inputs: list[str | Path]) -> list[Path]:
             cases.append(path)  # a missing file is reported as that case's failure
             continue
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        files = [p for p in entries if p.is_file() and p.name.lower().endswith(suffixes)
-                 and not p.name.lower().endswith(".seg.nrrd")]
+        files = [p for p in entries if p.is_file() and image_suffix(p.name) not in (None, SEGMENTATION_SUFFIX)]
         folders = [p for p in entries if p.is_dir()]
         cases += files or folders or [path]
     return cases
 
 
-def case_names(paths: list[Path]) -> list[str]:
-    """``cli.case_name`` of each path, refused when two give one name (one would overwrite the other)."""
-    from .cli import case_name
-
+def case_names(paths: list[Path], case_name) -> list[str]:
+    """``case_name`` (the CLI's) of each path, refused when two give one name (one would overwrite the other)."""
     names, seen = [], {}
     for path in paths:
         name = case_name(path) if path.exists() else path.name.split(".")[0]
@@ -88,19 +89,19 @@ class CaseWorker:
 
     Args:
         flags: ``segment`` flags (:func:`segment_flags`) shared by all cases.
+        command: the segment command's pieces (``cli.SegmentCommand``).
         keep_error: a model that cannot be loaded is kept as :attr:`error` instead of raised (a Ray
             actor whose creation raises is restarted in vain; the driver asks :meth:`ready` instead).
     """
 
-    def __init__(self, flags: list[str], keep_error: bool = False):
-        from .cli import build_parser, open_segmenter
-
+    def __init__(self, flags: list[str], command, keep_error: bool = False):
         self.flags = list(flags)
+        self.command = command
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.error: str | None = None
-        args = build_parser().parse_args(["segment", "-", "-o", ".", "--progress", "none", *self.flags])
+        args = command.build_parser().parse_args(["segment", "-", "-o", ".", "--progress", "none", *self.flags])
         try:
-            self.segmenter = open_segmenter(args)
+            self.segmenter = command.open_segmenter(args)
         except GTVError as exc:
             if not keep_error:
                 raise
@@ -112,20 +113,20 @@ class CaseWorker:
 
     def run(self, path: str, name: str, outdir: str) -> dict:
         """One case -> its summary row; never raises for the case's own problems."""
-        from .cli import _case_outputs, _cmd_segment, build_parser
         from .outputs import remove_temporaries
 
+        command = self.command
         row = {"case": name, "input": str(path), "worker": self.worker}
         t0 = time.perf_counter()
-        args = build_parser().parse_args(["segment", str(path), "-o", str(outdir), "--name", name,
+        args = command.build_parser().parse_args(["segment", str(path), "-o", str(outdir), "--name", name,
                                           "--progress", "none", *self.flags])
-        targets = _case_outputs(Path(outdir), name, args.format, args.png)
+        targets = command.case_outputs(Path(outdir), name, args.format, args.png)
         try:
             # A worker that died in this case (this is then a retry) left its temporary files behind.
             for target in targets.values():
                 remove_temporaries(target)
             with contextlib.redirect_stdout(_io.StringIO()):  # the one-line case summary; the CSV has it
-                _cmd_segment(args, segmenter=self.segmenter)
+                command.segment(args, segmenter=self.segmenter)
             report = json.loads(targets["report"].read_text())
             row.update(status="ok", outputs=" ".join(sorted(report["outputs"].values())),
                        target=report["model"]["target"], volume_cc=report["volume_cc"],
@@ -164,9 +165,9 @@ class _CaseProgress:
             self.bar.close()
 
 
-def run_serial(cases: list[Path], names: list[str], outdir: Path, flags: list[str], progress) -> list[dict]:
+def run_serial(cases: list[Path], names: list[str], outdir: Path, flags: list[str], progress, command) -> list[dict]:
     """All cases in this process, one after the other, with one model."""
-    worker = CaseWorker(flags)
+    worker = CaseWorker(flags, command)
     rows = []
     for path, name in zip(cases, names):
         rows.append(worker.run(str(path), name, str(outdir)))
@@ -174,8 +175,8 @@ def run_serial(cases: list[Path], names: list[str], outdir: Path, flags: list[st
     return rows
 
 
-def run_ray(cases: list[Path], names: list[str], outdir: Path, flags: list[str], progress, address: str | None,
-            workers: int | None, cpus_per_worker: float, retries: int) -> list[dict]:
+def run_ray(cases: list[Path], names: list[str], outdir: Path, flags: list[str], progress, command,
+            address: str | None, workers: int | None, cpus_per_worker: float, retries: int) -> list[dict]:
     """The cases over a pool of Ray actors, each holding the model; ``address`` None starts a local
     Ray on this machine, else it is a running cluster's (``auto``, ``HOST:6379`` or ``ray://HOST:10001``).
 
@@ -200,7 +201,7 @@ def run_ray(cases: list[Path], names: list[str], outdir: Path, flags: list[str],
             workers = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_worker))
         workers = max(1, min(workers, len(cases)))
         Actor = ray.remote(num_cpus=cpus_per_worker, max_restarts=retries, max_task_retries=retries)(CaseWorker)
-        pool = [Actor.remote(flags, keep_error=True) for _ in range(workers)]
+        pool = [Actor.remote(flags, command, keep_error=True) for _ in range(workers)]
         problem = next((e for e in ray.get([a.ready.remote() for a in pool]) if e), None)
         if problem:
             raise GTVError(problem)
@@ -225,7 +226,7 @@ def run_ray(cases: list[Path], names: list[str], outdir: Path, flags: list[str],
                        "error": f"worker lost ({type(exc).__name__}) after {retries} retries"}
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
-                actor = Actor.remote(flags, keep_error=True)
+                actor = Actor.remote(flags, command, keep_error=True)
             rows[i] = row
             progress(row)
             submit(actor)
@@ -247,8 +248,12 @@ def write_summary(rows: list[dict], path: Path) -> None:
         Path(tmp).write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def cmd_batch(args) -> int:
-    """``gtvautoseg batch``: exit 0 when every case was segmented, 2 when some failed."""
+def cmd_batch(args, command) -> int:
+    """``gtvautoseg batch``: exit 0 when every case was segmented, 2 when some failed.
+
+    Args:
+        command: the segment command's pieces (``cli.SegmentCommand``).
+    """
     from .outputs import prepare_output_dir
 
     for flag, value, least in (("--workers", args.workers, 1), ("--retries", args.retries, 0),
@@ -261,15 +266,16 @@ def cmd_batch(args) -> int:
     cases = find_cases(args.input)
     if not cases:
         raise GTVError("no CT found in the inputs")
-    names = case_names(cases)
+    names = case_names(cases, command.case_name)
     outdir = prepare_output_dir(args.output)
     flags = segment_flags(args)
     progress = _CaseProgress(args.progress, len(cases))
     try:
         if args.ray is None:
-            rows = run_serial(cases, names, outdir, flags, progress)
+            rows = run_serial(cases, names, outdir, flags, progress, command)
         else:
-            rows = run_ray(cases, names, outdir, flags, progress, address=None if args.ray == "local" else args.ray,
+            rows = run_ray(cases, names, outdir, flags, progress, command,
+                           address=None if args.ray == "local" else args.ray,
                            workers=args.workers, cpus_per_worker=args.cpus_per_worker, retries=args.retries)
     finally:
         progress.close()

@@ -18,8 +18,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from GTVAutoSegLib.cli import IMAGE_SUFFIXES, case_name
+from GTVAutoSegLib.cli import case_name
 from GTVAutoSegLib.errors import GTVError
+from GTVAutoSegLib.filetypes import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, image_suffix
 from GTVAutoSegLib.image import Image
 
 MIB = 1024 * 1024
@@ -176,7 +177,7 @@ class DataFolder:
                 found[here.relative_to(self.root).as_posix() + "/"] = here
             for f in sorted(files):
                 lower = f.lower()
-                if lower.endswith(IMAGE_SUFFIXES) and not lower.endswith(".seg.nrrd"):
+                if image_suffix(lower) not in (None, SEGMENTATION_SUFFIX):
                     found[(here / f).relative_to(self.root).as_posix()] = here / f
             if len(found) >= DATA_LIST_LIMIT:
                 break

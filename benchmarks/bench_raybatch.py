@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_floor import CpuWatch  # noqa: E402
 
-from GTVAutoSegLib.cli import build_parser  # noqa: E402
+from GTVAutoSegLib.cli import SegmentCommand, build_parser  # noqa: E402
 from GTVAutoSegLib.raybatch import case_names, find_cases, run_ray, run_serial, segment_flags  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
 
     cases = find_cases(args.inputs)[: args.cases]
-    names = case_names(cases)
+    names = case_names(cases, SegmentCommand.case_name)
     flags = segment_flags(build_parser().parse_args(["batch", "x", "-o", "x", "--device", "cpu",
                                                      *(["--model", args.model] if args.model else [])]))
     rows = []
@@ -63,7 +63,7 @@ def main() -> None:
                 before = torch.get_num_threads()
                 torch.set_num_threads(threads)
                 try:
-                    return run_serial(cases, names, o, flags, lambda row: None)
+                    return run_serial(cases, names, o, flags, lambda row: None, SegmentCommand)
                 finally:
                     torch.set_num_threads(before)
             return run
@@ -72,7 +72,7 @@ def main() -> None:
         arms = [("serial (2 threads)", serial_on(2)), ("serial (1 thread)", serial_on(1))]
         for workers in (1, 2):
             arms.append((f"ray {workers} worker{'s' if workers > 1 else ''}",
-                         lambda o, w=workers: run_ray(cases, names, o, flags, lambda row: None, address=None,
+                         lambda o, w=workers: run_ray(cases, names, o, flags, lambda row: None, SegmentCommand, address=None,
                                                       workers=w, cpus_per_worker=1, retries=2)))
         try:
             for r in range(args.rounds):  # A B C, C B A, ...: drift of the machine's load hits all arms
