@@ -289,18 +289,21 @@ class Sweep:
                 rc = None
             run = Run(f"signal:{signum.name}@{delay}s", "cli", "either", seconds=time.monotonic() - started)
             written = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-            killed_starting = rc == -int(signum) and not err.strip() and not written
+            complete = ["pt_201.seg.nrrd", "pt_201_label.nii.gz", "pt_201_overview.png", "pt_201_report.json"]
+            killed_starting = rc == -int(signum) and not err.strip() and written in ([], complete)
             if killed_starting:
                 # killed by the signal's default action while Python was still starting (before the CLI
-                # set its handlers, on a loaded machine): nothing was written, as for any program
+                # set its handlers) or already finishing (after main returned, its outputs all renamed):
+                # nothing or everything was written, as for any program
                 rc = 128 + int(signum)
                 err = "gtvautoseg: terminated" if signum == signal.SIGTERM else "gtvautoseg: interrupted"
             # an interruption is not a refusal: one line, "gtvautoseg: terminated" or "... interrupted"
             _judge(run, rc, err, folder, hashes, "", out, None, refuse_codes=(130, 143),
                    prefix=("gtvautoseg: terminated" if signum == signal.SIGTERM else "gtvautoseg: interrupted"))
             if killed_starting:
-                run.rc, run.stderr_lines, run.first_error = -int(signum), 0, "(killed while starting: no output, no message)"
-            if written not in ([], ["pt_201.seg.nrrd", "pt_201_label.nii.gz", "pt_201_overview.png", "pt_201_report.json"]):
+                run.rc, run.stderr_lines = -int(signum), 0
+                run.first_error = f"(killed while starting or exiting, no message; outputs: {'all' if written else 'none'})"
+            if written not in ([], complete):
                 run.problems.append(f"half a set of outputs: {written}")
             if rc not in (0, 130, 143, None):
                 run.problems.append(f"exit status {rc} after {signum.name}")
