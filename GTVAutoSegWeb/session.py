@@ -312,9 +312,10 @@ class Session:
             cannot be referenced (e.g. de-identified without its UIDs), else None.
         """
         from GTVAutoSegLib import io
-        from GTVAutoSegLib.dicomrt import ResultDescription, check_source, on_series_grid, write_dicom
+        from GTVAutoSegLib.dicomrt import ResultDescription, check_source, on_series_grid
+        from GTVAutoSegLib.dicomwriters import write_dicom
         from GTVAutoSegLib.outputs import DICOM_FORMATS, OUTPUT_FORMATS, atomic_outputs, check_case_name, prepare_output_dir
-        from GTVAutoSegLib.segfile import Terminology, target_color
+        from GTVAutoSegLib.segfile import Terminology, target_color, write_seg_nrrd
 
         if self.segmentation is None or self.ct is None:
             raise GTVError("segment the CT first")
@@ -335,8 +336,8 @@ class Session:
         paths = [folder / f"{name}{OUTPUT_FORMATS[fmt]}" for fmt in formats]
         with atomic_outputs(paths) as tmps:
             tmp = dict(zip(formats, tmps))
-            io.write_seg_nrrd(mask, tmp["nrrd"], name=segment.GetName(), color=target_color(target),
-                              terminology=Terminology.for_target(target, region))
+            write_seg_nrrd(mask, tmp["nrrd"], name=segment.GetName(), color=target_color(target),
+                           terminology=Terminology.for_target(target, region))
             io.write_labelmap(mask, tmp["nifti"])
             if len(formats) > 2:
                 description = ResultDescription(target, model.get("name") or "GTVAutoSeg",

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import machine_name, select_slices  # noqa: E402
 
 from GTVAutoSegLib import io  # noqa: E402
+from GTVAutoSegLib.segfile import write_seg_nrrd  # noqa: E402
 from GTVAutoSegLib.bundle import open_model  # noqa: E402
 from GTVAutoSegLib.image import sitk  # noqa: E402
 from GTVAutoSegLib.phantom import make_phantom  # noqa: E402
@@ -142,7 +143,7 @@ def end_to_end(seg: Segmenter, src: Path, out: Path, selection, repeats: int) ->
         ct = io.read_ct(src)
         with torch.inference_mode():
             result = seg(ct, selection=selection)
-        io.write_seg_nrrd(result.mask, out)
+        write_seg_nrrd(result.mask, out)
         if rep:
             times.append(time.perf_counter() - t0)
     return float(np.median(times))
