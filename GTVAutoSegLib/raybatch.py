@@ -28,30 +28,13 @@ import time
 from pathlib import Path
 
 from .errors import GTVError
+from .filetypes import find_cases
 
 SUMMARY_FIELDS = ("case", "input", "status", "outputs", "target", "volume_cc", "slices_segmented",
                   "slices_total", "seconds", "worker", "error")
 # The ``segment`` flags a batch passes on to every case (the rest: input, -o, --name, --progress, are per case).
 _FORWARDED = (("model", "--model"), ("device", "--device"), ("threshold", "--threshold"),
               ("keep_largest", "--keep-largest"))
-
-
-def find_cases(inputs: list[str | Path]) -> list[Path]:
-    """Files as given; a folder gives the CT files directly in it, or, when it holds none, each
-    subfolder (a DICOM series), or else itself (a folder of DICOM files)."""
-    from .filetypes import SEGMENTATION_SUFFIX, image_suffix
-
-    cases: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if not path.is_dir():
-            cases.append(path)  # a missing file is reported as that case's failure
-            continue
-        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        files = [p for p in entries if p.is_file() and image_suffix(p.name) not in (None, SEGMENTATION_SUFFIX)]
-        folders = [p for p in entries if p.is_dir()]
-        cases += files or folders or [path]
-    return cases
 
 
 def case_names(paths: list[Path], case_name) -> list[str]:

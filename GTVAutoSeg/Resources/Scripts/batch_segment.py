@@ -45,24 +45,6 @@ BATCH_FORMATS = ("nrrd", "seg", "rtstruct")
 EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_CRASHED = 0, 1, 2, 3
 
 
-def findCases(inputs: list[str]) -> list[Path]:
-    """Files as given; a folder gives every CT file directly in it, or, when it holds none, each
-    subfolder (a DICOM series), or else itself (a folder of DICOM files)."""
-    from GTVAutoSegLib.filetypes import IMAGE_SUFFIXES, image_suffix
-
-    cases: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if not path.is_dir():
-            cases.append(path)  # a missing file is reported as that case's failure
-            continue
-        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        files = [p for p in entries if p.is_file() and image_suffix(p.name) in IMAGE_SUFFIXES]  # not a .seg.nrrd
-        folders = [p for p in entries if p.is_dir()]
-        cases += files or folders or [path]
-    return cases
-
-
 def uniqueNames(paths: list[Path]) -> list[str]:
     from GTVAutoSegLib.cli import case_name
 
@@ -201,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"batch_segment: error: cannot create {outputDir}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    cases = findCases(args.input)
+    from GTVAutoSegLib.filetypes import find_cases
+
+    cases = find_cases(args.input)
     if not cases:
         print("batch_segment: error: no CT found in the inputs", file=sys.stderr)
         return EXIT_USAGE
