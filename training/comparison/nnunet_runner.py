@@ -4,6 +4,11 @@ this project; nnUNet_raw / nnUNet_preprocessed / nnUNet_results come from the en
     python training/comparison/nnunet_runner.py plan    --dataset Dataset501_X --configuration 2d
     python training/comparison/nnunet_runner.py train   --dataset Dataset501_X --configuration 2d --budget-min 10 --report t.json
     python training/comparison/nnunet_runner.py predict --dataset Dataset501_X --configuration 2d --input DIR --output DIR --report p.json
+    python training/comparison/nnunet_runner.py init    --dataset Dataset501_X --configuration 3d_fullres --report i.json
+
+``init`` plans (fingerprint + experiment planning, no preprocessing) and files a model with nnU-Net's
+own network for that plan and random weights, for timing its predictor (``benchmarks/bench_nnunet.py``):
+speed does not depend on the weights.
 
 ``train`` is nnU-Net's default trainer (its network, loss, augmentation, poly learning-rate schedule,
 deep supervision, foreground oversampling) with one change: it stops on a wall-clock budget instead
@@ -140,6 +145,42 @@ def train(args) -> None:
     print(json.dumps(report))
 
 
+def init(args) -> None:
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    raw, pre, results = _folders(args.dataset)
+    dataset_id = args.dataset[len("Dataset"):len("Dataset") + 3]
+    if not (pre / "nnUNetPlans.json").is_file():
+        bin_dir = Path(sys.executable).parent
+        env = dict(os.environ, nnUNet_n_proc_DA=str(max(1, args.threads)))
+        subprocess.run([str(bin_dir / "nnUNetv2_extract_fingerprint"), "-d", dataset_id, "-np", "1"], check=True, env=env)
+        subprocess.run([str(bin_dir / "nnUNetv2_plan_experiment"), "-d", dataset_id], check=True, env=env)
+    plans, dataset_json = load_json(str(pre / "nnUNetPlans.json")), load_json(str(raw / "dataset.json"))
+    plans["continue_training"] = False  # the trainer's __init__ pops this key
+    torch.manual_seed(0)
+    trainer = _trainer_class()(plans, args.configuration, 0, dataset_json, torch.device("cpu"))
+    # the network as trainer.initialize() builds it (which would also want the preprocessed data)
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    channels = determine_num_input_channels(trainer.plans_manager, trainer.configuration_manager, dataset_json)
+    network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, channels,
+                                                 trainer.label_manager.num_segmentation_heads, False)
+    model_dir = results / f"nnUNetTrainer__nnUNetPlans__{args.configuration}"
+    (model_dir / "fold_0").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(pre / "nnUNetPlans.json", model_dir / "plans.json")
+    shutil.copyfile(raw / "dataset.json", model_dir / "dataset.json")
+    dims = len(trainer.configuration_manager.patch_size)
+    torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": args.configuration},
+                "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": tuple(range(dims))},
+               model_dir / "fold_0" / "checkpoint_final.pth")
+    config = plans["configurations"][args.configuration]
+    report = {"configuration": args.configuration, "model_dir": str(model_dir),
+              "patch_size": config.get("patch_size"), "spacing": config.get("spacing"),
+              "parameters": sum(p.numel() for p in network.parameters())}
+    Path(args.report).write_text(json.dumps(report, indent=1))
+    print(json.dumps(report))
+
+
 def predict(args) -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -147,8 +188,8 @@ def predict(args) -> None:
     _, _, results = _folders(args.dataset)
     model_dir = results / f"nnUNetTrainer__nnUNetPlans__{args.configuration}"
     t0 = time.monotonic()
-    # mirroring test-time augmentation off: our networks run without TTA too
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+    # mirroring test-time augmentation off unless asked for (nnU-Net's default is on): our networks run without TTA
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=args.tta,
                                 perform_everything_on_device=False, device=torch.device(args.device),
                                 verbose=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,), checkpoint_name="checkpoint_final.pth")
@@ -156,14 +197,14 @@ def predict(args) -> None:
     t1 = time.monotonic()
     predictor.predict_from_files_sequential(args.input, args.output, save_probabilities=False, overwrite=True,
                                             folder_with_segs_from_prev_stage=None)
-    report = {"seconds": round(time.monotonic() - t1, 1), "load_seconds": round(t1 - t0, 1), "tta": False}
+    report = {"seconds": round(time.monotonic() - t1, 1), "load_seconds": round(t1 - t0, 1), "tta": args.tta}
     Path(args.report).write_text(json.dumps(report, indent=1))
     print(json.dumps(report))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=("plan", "train", "predict"))
+    p.add_argument("step", choices=("plan", "train", "predict", "init"))
     p.add_argument("--dataset", required=True)
     p.add_argument("--configuration", default="2d")
     p.add_argument("--threads", type=int, default=1)
@@ -172,8 +213,9 @@ def main() -> None:
     p.add_argument("--input")
     p.add_argument("--output")
     p.add_argument("--report")
+    p.add_argument("--tta", action="store_true", help="predict: nnU-Net's mirroring test-time augmentation (its default)")
     args = p.parse_args()
-    {"plan": plan, "train": train, "predict": predict}[args.step](args)
+    {"plan": plan, "train": train, "predict": predict, "init": init}[args.step](args)
 
 
 if __name__ == "__main__":  # required: nnU-Net's validation pool re-imports this file in its workers
