@@ -6,6 +6,10 @@ chromium (``scripts/setup_system.sh browser`` installs it) with ``executable_pat
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 import time
 
 CHROMIUM = "/usr/bin/chromium"
@@ -25,3 +29,21 @@ def wait_for(condition, timeout_s: float, what: str, interval: float = 0.25) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a ``gtvautoseg serve`` started by a test or script)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_server(process: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Stop a ``gtvautoseg serve`` started with ``start_new_session=True``: Ctrl+C to its process
+    group (it cleans up its uploads), SIGKILL if it is still there after ``timeout_s``."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -11,9 +11,6 @@ jump to the slice with the most contour) and saves the page. The server is stopp
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,14 +22,8 @@ DATA = ROOT.parent / "shared" / "data" / "openkbp" / "validation"
 TIMEOUT_MS = 600_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None) -> int:
-    from GTVAutoSegWeb.browser import CHROMIUM, browser_args, wait_for
+    from GTVAutoSegWeb.browser import CHROMIUM, browser_args, free_port, stop_server, wait_for
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default="pt_201")
@@ -49,7 +40,7 @@ def main(argv=None) -> int:
         data, log_path = Path(tmp) / "data", Path(tmp) / "server.log"
         data.mkdir()
         (data / args.case).symlink_to(case, target_is_directory=True)
-        port = _free_port()
+        port = free_port()
         with open(log_path, "w") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "GTVAutoSegLib.cli", "serve", "--port", str(port), "--data", str(data),
@@ -77,11 +68,7 @@ def main(argv=None) -> int:
                 page.screenshot(path=str(args.output))
                 browser.close()
         finally:
-            os.killpg(server.pid, signal.SIGINT)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            stop_server(server)
     print(f"screenshot_web: wrote {args.output} ({args.output.stat().st_size} bytes)")
     return 0
 

@@ -11,11 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import SimpleITK as sitk
 
 from GTVAutoSegLib import io
 
+from GTVAutoSegWeb.browser import free_port, stop_server
 from dicomreadback import rasterise_rtstruct, same_voxels_same_grid, seg_by_highdicom
 from webpage import (
     CHROMIUM,
@@ -42,12 +40,6 @@ RUN_TIMEOUT_MS = 600_000
 MAX_UPLOAD_MB = 40
 
 
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, shared_data):
     """``gtvautoseg serve`` with a data folder holding one OpenKBP patient (a symlink) and an output folder."""
@@ -55,7 +47,7 @@ def server(tmp_path_factory, shared_data):
     data, output = root / "data", root / "output"
     data.mkdir()
     (data / "pt_201").symlink_to(shared_data / "openkbp" / "validation" / "pt_201", target_is_directory=True)
-    port = _freePort()
+    port = free_port()
     log = open(root / "server.log", "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "GTVAutoSegLib.cli", "serve", "--port", str(port), "--data", str(data), "--output",
@@ -67,12 +59,7 @@ def server(tmp_path_factory, shared_data):
         assert process.poll() is None, (root / "server.log").read_text()[-3000:]
         yield {"url": f"http://127.0.0.1:{port}/", "process": process, "output": output, "root": root}
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_server(process)
         log.close()
 
 
