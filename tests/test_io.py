@@ -663,3 +663,45 @@ def test_seg_nrrd_is_the_file_slicerio_writes(tmp_path):
     assert ha.pop("Segmentation_ConversionParameters") == hb.pop("Segmentation_ConversionParameters") + "&"
     for key in set(ha) | set(hb):
         assert np.array_equal(np.asarray(ha[key]), np.asarray(hb[key])), key
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii", "ct.nrrd"])
+def test_an_intact_file_is_proved_by_its_crc_without_inflating_it_twice(tmp_path, monkeypatch, name):
+    """The full checks inflate a whole stream in Python; an intact file needs only a CRC over what
+    ITK returned (the stream's trailer), so they must not run."""
+    from GTVAutoSegLib import inputcheck
+
+    array = np.arange(8 * 10 * 12, dtype=np.int16).reshape(8, 10, 12) - 500
+    path = tmp_path / name
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing((0.8, 0.9, 2.5))
+    sitk.WriteImage(img, str(path), useCompression=True)
+    stored = inputcheck.StoredBytes.of(path)
+    assert stored is not None and stored.confirms(array)
+    assert not stored.confirms(array + 1)
+
+    def full_check(p):
+        raise AssertionError("full check ran on an intact file")
+
+    monkeypatch.setattr(io, "_full_check", full_check)
+    assert np.array_equal(read_image(path).array, array)
+
+
+@pytest.mark.parametrize("how", ["scaled", "big-endian"])
+def test_a_file_the_crc_cannot_prove_is_fully_checked_and_read(tmp_path, monkeypatch, how):
+    import nibabel as nib
+
+    a = (np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4) - 50)
+    nii = nib.Nifti1Image(a, np.diag([0.8, 0.9, 2.5, 1.0]))
+    if how == "scaled":
+        nii.header.set_slope_inter(2.0, -1000.0)
+    else:
+        nii = nib.Nifti1Image(a, np.diag([0.8, 0.9, 2.5, 1.0]), header=nib.Nifti1Header(endianness=">"))
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nii, str(path))
+    ran = []
+    monkeypatch.setattr(io, "_full_check", lambda p, full=io._full_check: (ran.append(p), full(p)))
+    got = read_image(path).array
+    expected = nib.load(str(path)).get_fdata()
+    assert ran == [path]
+    assert np.array_equal(np.transpose(got, (2, 1, 0)), expected)
