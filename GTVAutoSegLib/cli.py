@@ -107,9 +107,10 @@ def open_segmenter(args: argparse.Namespace):
                      use_classifier=not args.no_classifier, postprocess=post)
 
 
-def _cmd_segment(args: argparse.Namespace, segmenter=None) -> int:
+def _cmd_segment(args: argparse.Namespace, segmenter=None, read_image=None) -> int:
     """``segmenter``: one already built by :func:`open_segmenter` with the same flags (a batch
-    worker's), else it is built here."""
+    worker's), else it is built here. ``read_image``: path -> :class:`Image` as ``io.read_image``
+    reads it (a batch's reader that read the case ahead, in another thread)."""
     from . import io
     from .inputcheck import check_input_path
     from .outputs import atomic_outputs, name_max, prepare_output_dir, refuse_overwriting_inputs
@@ -151,7 +152,7 @@ def _cmd_segment(args: argparse.Namespace, segmenter=None) -> int:
             refuse_overwriting_inputs(targets.values(), guarded)
             t0 = time.perf_counter()
             progress("read", 0.0)
-            ct = io.read_ct(path)
+            ct = io.check_ct((read_image or io.read_image)(path), path)
             series = _dicom_series(ct, dicom_reference, path) if set(formats) & set(DICOM_FORMATS) else None
             reference = io.read_mask(Path(args.reference), like=None) if args.reference else None
             if reference is not None and not reference.same_grid(ct):

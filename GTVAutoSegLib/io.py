@@ -74,7 +74,12 @@ def read_ct(path: str | Path) -> Image:
         UserWarning: intensities that do not look like Hounsfield units (normalised to [0, 1], no
             negative values at all, or values far outside any CT scale).
     """
-    image = read_image(path)
+    return check_ct(read_image(path), path)
+
+
+def check_ct(image: Image, path: str | Path) -> Image:
+    """The checks of :func:`read_ct` on an image :func:`read_image` read from ``path`` (apart, so
+    that a batch can read the next case in another thread and warn from this one)."""
     name = Path(path).name
     if image.array.size == 0:
         raise GTVError(f"{name} is empty (size {_size_str(image)})")

@@ -2,7 +2,8 @@
 
 Each case goes through exactly the code of ``gtvautoseg segment`` (:func:`cli._cmd_segment`: the
 same checks, output names and atomic writes), with the model loaded once per worker
-(:class:`CaseWorker`). With Ray, one actor per worker holds the model; a case whose worker dies is
+(:class:`CaseWorker`); serially, the next case is read in a thread while the current one is
+segmented and written. With Ray, one actor per worker holds the model; a case whose worker dies is
 retried on the restarted worker: the dead worker's temporary files are removed first and the
 outputs only ever appear by rename, so a retry is safe and nothing partial is left. A case that
 fails is a row in the summary CSV and the others go on.
@@ -82,6 +83,7 @@ class CaseWorker:
         self.command = command
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.error: str | None = None
+        self._reader, self._ahead = None, {}  # read_ahead's thread and its pending reads by path
         args = command.build_parser().parse_args(["segment", "-", "-o", ".", "--progress", "none", *self.flags])
         try:
             self.segmenter = command.open_segmenter(args)
@@ -89,6 +91,23 @@ class CaseWorker:
             if not keep_error:
                 raise
             self.error = str(exc)
+
+    def read_ahead(self, path: str) -> None:
+        """Start reading ``path`` in a thread, while this worker segments and writes the case
+        before it (ITK and numpy leave the GIL; the read is one core's work, the networks use all)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from . import io
+
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+        self._ahead[str(path)] = self._reader.submit(io.read_image, path)
+
+    def _read(self, path) -> "object":
+        from . import io
+
+        ahead = self._ahead.pop(str(path), None)
+        return ahead.result() if ahead is not None else io.read_image(path)
 
     def ready(self) -> str | None:
         """None when the model is loaded, else why not."""
@@ -109,7 +128,7 @@ class CaseWorker:
             for target in targets.values():
                 remove_temporaries(target)
             with contextlib.redirect_stdout(_io.StringIO()):  # the one-line case summary; the CSV has it
-                command.segment(args, segmenter=self.segmenter)
+                command.segment(args, segmenter=self.segmenter, read_image=self._read)
             report = json.loads(targets["report"].read_text())
             row.update(status="ok", outputs=" ".join(sorted(report["outputs"].values())),
                        target=report["model"]["target"], volume_cc=report["volume_cc"],
@@ -152,7 +171,9 @@ def run_serial(cases: list[Path], names: list[str], outdir: Path, flags: list[st
     """All cases in this process, one after the other, with one model."""
     worker = CaseWorker(flags, command)
     rows = []
-    for path, name in zip(cases, names):
+    for i, (path, name) in enumerate(zip(cases, names)):
+        if i + 1 < len(cases):
+            worker.read_ahead(str(cases[i + 1]))
         rows.append(worker.run(str(path), name, str(outdir)))
         progress(rows[-1])
     return rows

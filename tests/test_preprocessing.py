@@ -362,7 +362,7 @@ def _reference_body_box(lps, lps_spacing, spec):
 
     _, ny, nx = lps.shape
     sx, sy = lps_spacing[0], lps_spacing[1]
-    step = max(1, round(P._BODY_GRID_MM / min(sx, sy)))
+    step = P._body_step(min(sx, sy))
     cand = lps[:, ::step, ::step] > spec.body_threshold_hu
     ry, rx = int(round(spec.body_erosion_mm / (sy * step))), int(round(spec.body_erosion_mm / (sx * step)))
     disk = P._disk(ry, rx) if (ry or rx) else None

@@ -1,6 +1,7 @@
 """``gtvautoseg batch``: serially and on a local Ray cluster (2 workers), against ``gtvautoseg segment``."""
 
 import csv
+import threading
 import os
 from pathlib import Path
 
@@ -145,3 +146,34 @@ def test_ray_batch_redoes_the_case_of_a_killed_worker_and_leaves_nothing_partial
     assert all(row["worker"].rsplit(":", 1)[1] != killed_pid for row in rows.values())
     _assert_same_outputs(out, serial)
     assert int(killed_pid) != os.getpid()
+
+
+def test_serial_batch_reads_the_next_case_ahead_and_reports_its_read_error(cohort, tmp_path, monkeypatch):
+    from GTVAutoSegLib import io as gio
+
+    cts, model, serial = cohort
+    folder = tmp_path / "cts"
+    folder.mkdir()
+    for name in ("case0", "case1"):
+        (folder / f"{name}.nii.gz").write_bytes((cts / f"{name}.nii.gz").read_bytes())
+    data = (cts / "case2.nii.gz").read_bytes()
+    (folder / "case2.nii.gz").write_bytes(data[: len(data) // 2])
+    readers = {}
+    real = gio.read_image
+
+    def read_image(path):
+        readers[Path(path).name] = threading.current_thread().name
+        return real(path)
+
+    monkeypatch.setattr(gio, "read_image", read_image)
+    out = tmp_path / "out"
+    rc = main(["batch", str(folder), "-o", str(out), "--model", str(model), "--device", "cpu", "--progress", "none"])
+    assert rc == 2
+    rows = _summary(out)
+    assert rows["case2"]["status"] == "failed" and "truncated" in rows["case2"]["error"]
+    assert [rows[c]["status"] for c in ("case0", "case1")] == ["ok", "ok"]
+    assert readers["case0.nii.gz"] == "MainThread"
+    assert readers["case1.nii.gz"].startswith("read-ahead") and readers["case2.nii.gz"].startswith("read-ahead")
+    for name in ("case0.seg.nrrd", "case1_label.nii.gz"):
+        assert (out / name).read_bytes() == (serial / name).read_bytes()
+    assert not (out / "case2.seg.nrrd").exists()
