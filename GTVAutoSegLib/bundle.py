@@ -120,8 +120,15 @@ class ModelBundle:
     def build_networks(self) -> tuple[nn.Module | None, nn.Module]:
         """Classifier (None if the model has none) and segmenter with their weights loaded (strict),
         in eval mode, on the CPU, float32."""
-        return (self._build(self.classifier, self.classifier_state, "classifier"),
-                self._build(self.segmenter, self.segmenter_state, "segmenter"))
+        return self.build_classifier(), self.build_segmenter()
+
+    def build_classifier(self) -> nn.Module | None:
+        """The slice classifier with its weights, or None (a model without one)."""
+        return self._build(self.classifier, self.classifier_state, "classifier")
+
+    def build_segmenter(self) -> nn.Module:
+        """The segmenter with its weights."""
+        return self._build(self.segmenter, self.segmenter_state, "segmenter")
 
     def build_locator(self) -> nn.Module | None:
         """The 3D locator with its weights, or None."""

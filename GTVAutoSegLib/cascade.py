@@ -170,16 +170,21 @@ class Cascade:
         coarse: the locator's grid.
         combine: how the networks' outputs are combined.
         classifier_context / segmenter_context: slices per 2D input (2.5D), odd.
+        has_classifier: whether the model has a classifier (default: ``classifier`` is given).
     """
 
     def __init__(self, classifier: nn.Module | None, segmenter: nn.Module, device: torch.device,
                  classifier_batch: int = 64, segmenter_batch: int = 16, amp: bool = True,
                  segmenter_depth: int | None = None, locator: nn.Module | None = None,
                  coarse: CoarseSpec | None = None, combine: CombineSpec | None = None,
-                 classifier_context: int = 1, segmenter_context: int = 1):
+                 classifier_context: int = 1, segmenter_context: int = 1, has_classifier: bool | None = None):
         self.device = device
         self.cuda = device.type == "cuda"
-        self.combine = (combine or CombineSpec()).validate(classifier is not None, locator is not None)
+        # The model may have a classifier that was not built (``Segmenter(use_classifier=False)``):
+        # the model's combination stays valid and per-slice values keep their meaning; only a call
+        # that gates with the classifier is refused.
+        self.has_classifier = classifier is not None if has_classifier is None else has_classifier
+        self.combine = (combine or CombineSpec()).validate(self.has_classifier, locator is not None)
         # channels_last pays on oneDNN and cuDNN alike for these convolutional nets
         self.memory_format = torch.channels_last
         self.classifier = classifier.to(device, memory_format=self.memory_format).eval() if classifier is not None else None
@@ -303,6 +308,8 @@ class Cascade:
         """
         c = self.combine
         gate = c.gate if use_classifier else "none"
+        if gate in ("classifier", "both") and self.classifier is None:
+            raise GTVError("this cascade was built without its classifier (use_classifier=False); it cannot gate with it")
         z = slices.shape[0]
         timings = {}
         t0 = time.perf_counter()
@@ -317,7 +324,7 @@ class Cascade:
         if gate in ("locator", "both"):
             selected &= located_slices(prior, threshold if gate == "locator" else c.locator_threshold,
                                        c.locator_margin)
-        if prior is not None and (self.classifier is None or gate == "locator"):
+        if prior is not None and (not self.has_classifier or gate == "locator"):
             probs = prior.reshape(z, -1).max(1)  # the locator's view of each slice, for review
         if select is not None:
             selected = np.asarray(select(selected), dtype=bool)

@@ -69,7 +69,8 @@ class Segmenter:
         threshold: the slice gate's threshold (the classifier's, or the locator's when the locator
             picks the slices); None takes the bundle's.
         use_classifier: False gates no slice out: the segmenter runs on every slice and the
-            classifier not at all (the "SANet alone" arm that measures what the cascade adds).
+            classifier is neither loaded nor run (the "SANet alone" arm that measures what the
+            cascade adds).
         postprocess / combine: override the bundle's (e.g. to compare combinations of its networks).
     """
 
@@ -83,7 +84,9 @@ class Segmenter:
             raise GTVError(f"classifier threshold must be a finite number, got {self.threshold}")
         self.use_classifier = use_classifier
         self.postprocess = postprocess or bundle.postprocess
-        classifier, segmenter = bundle.build_networks()
+        # Without the gate the classifier never runs, so its weights are not even loaded.
+        classifier = bundle.build_classifier() if use_classifier else None
+        segmenter = bundle.build_segmenter()
         seg_cfg = resolve_config(bundle.segmenter)
         depth = seg_cfg.params["patch_depth"] if network_kind(seg_cfg.name) == "segmenter3d" else None
         combine = combine or bundle.combine
@@ -91,7 +94,8 @@ class Segmenter:
         self.cascade = Cascade(classifier, segmenter, self.device, segmenter_depth=depth,
                                locator=bundle.build_locator() if needs_locator else None, coarse=bundle.coarse,
                                combine=combine, classifier_context=bundle.classifier_context,
-                               segmenter_context=bundle.segmenter_context)
+                               segmenter_context=bundle.segmenter_context,
+                               has_classifier=bundle.classifier is not None)
 
     def to_mask(self, image: Image, seg_probs: np.ndarray, state) -> np.ndarray:
         """Model-space foreground probabilities (``state`` from ``prepare(image, ...)``) -> uint8

@@ -109,3 +109,22 @@ def test_rows_equal_the_cascade_when_the_locator_gates_and_averages(openkbp_like
         assert row["dice"] == dice(result.mask.array, ref.array)
         assert row["classifier_fp_slices"] == false_positive_slices(result.selected, ref.array)
     assert rows[-1]["classifier_recall"] == 0.0 and rows[1]["classifier_recall"] == 1.0
+
+
+def test_segmenter_alone_never_loads_the_classifier(openkbp_like, monkeypatch):
+    """The "segmenter alone" arm pays for no classifier: not built, not run; its result is the
+    cascade's with every slice selected, and the per-slice probabilities stay NaN."""
+    from GTVAutoSegLib.errors import GTVError
+
+    root, _, bundle = openkbp_like
+    (case,) = openkbp_cases(root, "validation")
+    image, _ = load_case(case)
+    everything = Segmenter(bundle, "cpu", threshold=-1.0)(image)  # the classifier runs, selects all
+    monkeypatch.setattr(ModelBundle, "build_classifier", lambda self: pytest.fail("classifier built"))
+    alone = Segmenter(bundle, "cpu", use_classifier=False)
+    assert alone.cascade.classifier is None and alone.cascade.has_classifier
+    result = alone(image)
+    assert np.array_equal(result.mask.array, everything.mask.array) and result.selected.all()
+    assert np.isnan(result.slice_probs).all()
+    with pytest.raises(GTVError, match="without its classifier"):
+        alone.cascade(np.zeros((4, 64, 64), np.float32), 0.5, use_classifier=True)
