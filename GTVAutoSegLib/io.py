@@ -249,7 +249,10 @@ def write_labelmap(mask: Image, path: str | Path) -> None:
     path = Path(path)
     if not path.name.lower().endswith(ONE_FILE_SUFFIXES):
         raise GTVError(f"cannot write a label map as {path.name}; use one of {', '.join(ONE_FILE_SUFFIXES)}")
-    img = mask.with_array((mask.array != 0).astype(np.uint8)).to_sitk()
+    array = mask.array
+    if not (array.dtype == np.uint8 and array.max(initial=0) <= 1):  # a 0/1 uint8 mask needs no copy
+        array = (array != 0).astype(np.uint8)
+    img = mask.with_array(array).to_sitk()
     with atomic_output(path) as tmp:
         with quiet_stderr("ITK"):
             sitk.WriteImage(img, str(tmp), useCompression=True)

@@ -15,7 +15,7 @@ from .device import resolve_device
 from .errors import Cancelled, GTVError
 from .image import Image
 from .models import network_kind, resolve_config
-from .preprocessing import prepare, restore, restore_slice_values
+from .preprocessing import prepare, restore_mask, restore_slice_values
 from .slices import SliceSelection
 
 
@@ -47,6 +47,16 @@ def keep_components(mask: np.ndarray, spacing_xyz, spec: PostprocessSpec) -> np.
     physical volume in cc."""
     if spec.keep_largest <= 0 and spec.min_component_cc <= 0:
         return mask
+    spans = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if spans[0].size == 0:
+        return mask
+    box = tuple(slice(int(s[0]), int(s[-1]) + 1) for s in spans)  # labelled within the mask's box only
+    out = np.zeros_like(mask)
+    out[box] = _keep_components(mask[box], spacing_xyz, spec)
+    return out
+
+
+def _keep_components(mask: np.ndarray, spacing_xyz, spec: PostprocessSpec) -> np.ndarray:
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return mask
@@ -100,8 +110,7 @@ class Segmenter:
     def to_mask(self, image: Image, seg_probs: np.ndarray, state) -> np.ndarray:
         """Model-space foreground probabilities (``state`` from ``prepare(image, ...)``) -> uint8
         mask on the image's grid: the exact inverse, probability >= 0.5, the postprocess spec."""
-        prob = restore(seg_probs.astype(np.float32), state)
-        return keep_components((prob >= 0.5).astype(np.uint8), image.spacing, self.postprocess)
+        return keep_components(restore_mask(seg_probs, state, 0.5), image.spacing, self.postprocess)
 
     def __call__(self, image: Image, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None, selection: SliceSelection | None = None) -> SegmentationResult:

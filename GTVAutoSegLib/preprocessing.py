@@ -310,9 +310,10 @@ def body_mask(array: np.ndarray, spacing_xy: tuple[float, float], threshold_hu: 
     labels, n = ndi.label(seed)
     if n == 0:
         return np.zeros(array.shape, bool)
-    counts = np.bincount(labels.ravel())
-    counts[0] = 0
-    body = labels == counts.argmax()
+    # Voxels per component, counted within each one's box (np.bincount would first copy the labels
+    # to 8-byte integers: 0.5 GB for a 1000-slice CT); ties go to the lowest label, as argmax did.
+    counts = [int(np.count_nonzero(labels[box] == i)) for i, box in enumerate(ndi.find_objects(labels), start=1)]
+    body = labels == 1 + int(np.argmax(counts))
     if disk is not None:
         body = _dilate(body, disk) & candidates
     if not fill_holes or not body.size:
@@ -358,6 +359,9 @@ def _fine_edges(coarse: np.ndarray, lps: np.ndarray, step: int, threshold_hu: fl
         proj = np.flatnonzero(coarse.any(axis=(0, 2) if axis == 1 else (0, 1)))
         c = int(proj[0] if first else proj[-1])  # the coarse body's edge
         lo, hi = (max(0, (c - 1) * step), c * step) if first else (c * step, min(n - 1, (c + 2) * step - 1))
+        # the band's fine candidates in one read (a column at a time would gather across the volume)
+        band = lps[:, lo:hi + 1, :] if axis == 1 else lps[:, :, lo:hi + 1]
+        band = band > threshold_hu
         order = range(lo, hi + 1) if first else range(hi, lo - 1, -1)
         for f in order:  # fine row / column f lies under coarse g
             g = f // step
@@ -367,7 +371,7 @@ def _fine_edges(coarse: np.ndarray, lps: np.ndarray, step: int, threshold_hu: fl
             grown[:, :-1] |= near[:, 1:]
             across = ny if axis == 2 else nx
             fine = np.repeat(grown, step, axis=1)[:, :across]
-            if (fine & (lps.take(f, axis=axis) > threshold_hu)).any():
+            if (fine & band.take(f - lo, axis=axis)).any():
                 return f
         raise AssertionError("a coarse body pixel is a fine candidate at its sample")
 
@@ -546,6 +550,27 @@ def restore(model_space: np.ndarray, state: PrepState, order: str = "linear") ->
     stack = _resize(stack, (y1 - y0 + t + b, x1 - x0 + l + r), order)
     full = np.zeros(state.lps_shape, dtype=out_dtype)
     full[:, y0:y1, x0:x1] = _unpad(stack, state.pad_square)
+    return _from_lps(full, state.axes, state.flips)
+
+
+def restore_mask(model_space: np.ndarray, state: PrepState, threshold: float = 0.5, chunk: int = 32) -> np.ndarray:
+    """``restore(model_space, state) >= threshold`` as a uint8 mask, without the float volume.
+
+    Only the slices with any nonzero value are resampled (a slice of zeros restores to zeros), a
+    ``chunk`` of slices at a time, into the crop box of a uint8 volume: a 1000-slice CT needs no
+    4-byte-per-voxel array on its whole grid. Equal to thresholding :func:`restore`'s output.
+    """
+    model_space = np.asarray(model_space)
+    _check_shape(model_space, state.model_shape, "model-space array")
+    y0, y1, x0, x1 = state.crop
+    t, b, l, r = state.pad_square
+    full = np.zeros(state.lps_shape, dtype=np.uint8)
+    busy = np.flatnonzero(model_space.reshape(model_space.shape[0], -1).any(axis=1))
+    for start in range(0, busy.size, chunk):
+        part = busy[start:start + chunk]
+        stack = _unpad(model_space[part], state.pad_out).astype(np.float32, copy=False)
+        stack = _unpad(_resize(stack, (y1 - y0 + t + b, x1 - x0 + l + r), "linear"), state.pad_square)
+        full[part, y0:y1, x0:x1] = stack >= np.float32(threshold)
     return _from_lps(full, state.axes, state.flips)
 
 

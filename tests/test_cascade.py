@@ -185,3 +185,22 @@ def test_keep_components_keeps_the_largest():
     assert keep_components(m, (1.0, 1.0, 1.0), PostprocessSpec()).sum() == 176
     # 0.1 cc = 100 mm^3 at 1 mm voxels: the small one goes.
     assert keep_components(m, (1.0, 1.0, 1.0), PostprocessSpec(min_component_cc=0.1)).sum() == 144
+
+
+def test_keep_components_in_the_mask_s_box_equals_the_whole_grid():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    m = np.zeros((30, 40, 50), np.uint8)
+    m[5:25, 8:30, 10:45] = ndimage.binary_opening(rng.random((20, 22, 35)) < 0.6).astype(np.uint8)
+    for spec in (PostprocessSpec(keep_largest=1), PostprocessSpec(keep_largest=3), PostprocessSpec(min_component_cc=0.02)):
+        labels, n = ndimage.label(m, structure=np.ones((3, 3, 3), bool))
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = np.ones(n, bool)
+        if spec.min_component_cc > 0:
+            keep &= sizes * 1e-3 >= spec.min_component_cc
+        if spec.keep_largest > 0:
+            keep[np.argsort(sizes)[::-1][spec.keep_largest:]] = False
+        expected = np.isin(labels, np.flatnonzero(keep) + 1).astype(np.uint8)
+        assert np.array_equal(keep_components(m, (1.0, 1.0, 1.0), spec), expected)
+    assert not keep_components(np.zeros_like(m), (1.0, 1.0, 1.0), PostprocessSpec(keep_largest=1)).any()

@@ -17,6 +17,7 @@ from GTVAutoSegLib.preprocessing import (
     prepare,
     reorient_to_lps,
     restore,
+    restore_mask,
     restore_slice_values,
     to_model_space,
 )
@@ -411,3 +412,21 @@ def test_body_box_equals_the_whole_grid_morphology_it_replaced():
             assert P._body_box(arr, spacing, spec) == _reference_body_box(arr, spacing, spec)
             checked += 1
     assert checked >= 20
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS))
+@pytest.mark.parametrize("direction", [None, PERMUTED, FLIP_Y])
+def test_restore_mask_equals_thresholding_the_restored_probabilities(spec, direction):
+    """Only slices with values, a chunk at a time, into the crop box of a uint8 volume: the same mask."""
+    shape = (96, 96, 20) if direction == PERMUTED else (20, 96, 96)
+    spacing = (3.0, 1.0, 1.0) if direction == PERMUTED else (1.0, 1.0, 3.0)
+    ct, _ = make_phantom(seed=4, direction=direction, shape=shape, spacing=spacing)
+    _, state = prepare(ct, SPECS[spec])
+    rng = np.random.default_rng(1)
+    probs = rng.random(state.model_shape).astype(np.float16)
+    probs[::3] = 0  # slices the segmenter skipped
+    probs[1] = 0.5  # exactly at the threshold
+    expected = (restore(probs.astype(np.float32), state) >= 0.5).astype(np.uint8)
+    for chunk in (1, 4, 32):
+        got = restore_mask(probs, state, 0.5, chunk=chunk)
+        assert got.dtype == np.uint8 and np.array_equal(got, expected)
