@@ -138,6 +138,10 @@ def _cmd_segment(args: argparse.Namespace, segmenter=None, read_image=None) -> i
     selection = _slice_selection(args)
     if selection is not None and len(inputs) != 1:
         raise GTVError("slice choices (--include-slices and the like) go with exactly one input")
+    reader = read_image
+    if reader is None:  # each case read ahead: the first while torch loads, the next during this one
+        reader = io.ReadAhead()
+        reader.start(inputs[0])
     seg = segmenter if segmenter is not None else open_segmenter(args)
     bundle = seg.bundle
     terminology = Terminology.for_target(bundle.target, bundle.anatomic_region or None)
@@ -145,14 +149,16 @@ def _cmd_segment(args: argparse.Namespace, segmenter=None, read_image=None) -> i
     model_file = Path(args.model) if args.model and Path(args.model).is_file() else None
     guarded = [*inputs, args.reference, args.dicom_reference, model_file]
     failures = 0
-    for path, name in zip(inputs, names):
+    for i, (path, name) in enumerate(zip(inputs, names)):
+        if read_image is None and i + 1 < len(inputs):
+            reader.start(inputs[i + 1])
         progress = _Progress(args.progress)
         try:
             targets = _case_outputs(outdir, name, formats, args.png)
             refuse_overwriting_inputs(targets.values(), guarded)
             t0 = time.perf_counter()
             progress("read", 0.0)
-            ct = io.check_ct((read_image or io.read_image)(path), path)
+            ct = io.check_ct(reader(path), path)
             series = _dicom_series(ct, dicom_reference, path) if set(formats) & set(DICOM_FORMATS) else None
             reference = io.read_mask(Path(args.reference), like=None) if args.reference else None
             if reference is not None and not reference.same_grid(ct):

@@ -77,6 +77,32 @@ def read_ct(path: str | Path) -> Image:
     return check_ct(read_image(path), path)
 
 
+class ReadAhead:
+    """Reads images in a background thread before they are needed: :meth:`start` a path, then call
+    the object with it for :func:`read_image`'s result (or its error). A path never started is read
+    on the spot.
+
+    ITK's reading and numpy leave the GIL, so a CT is read while torch is imported and the model
+    loaded (a single ``segment``), or while the case before it is segmented and written (a batch).
+    Warnings belong to :func:`check_ct`, called by the consumer in its own thread.
+    """
+
+    def __init__(self):
+        self._pool = None
+        self._pending: dict[str, object] = {}
+
+    def start(self, path: str | Path) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+        self._pending[str(path)] = self._pool.submit(read_image, path)
+
+    def __call__(self, path: str | Path) -> Image:
+        ahead = self._pending.pop(str(path), None)
+        return ahead.result() if ahead is not None else read_image(path)
+
+
 def check_ct(image: Image, path: str | Path) -> Image:
     """The checks of :func:`read_ct` on an image :func:`read_image` read from ``path`` (apart, so
     that a batch can read the next case in another thread and warn from this one)."""

@@ -83,7 +83,9 @@ class CaseWorker:
         self.command = command
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.error: str | None = None
-        self._reader, self._ahead = None, {}  # read_ahead's thread and its pending reads by path
+        from .io import ReadAhead
+
+        self._reader = ReadAhead()
         args = command.build_parser().parse_args(["segment", "-", "-o", ".", "--progress", "none", *self.flags])
         try:
             self.segmenter = command.open_segmenter(args)
@@ -94,20 +96,8 @@ class CaseWorker:
 
     def read_ahead(self, path: str) -> None:
         """Start reading ``path`` in a thread, while this worker segments and writes the case
-        before it (ITK and numpy leave the GIL; the read is one core's work, the networks use all)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from . import io
-
-        if self._reader is None:
-            self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
-        self._ahead[str(path)] = self._reader.submit(io.read_image, path)
-
-    def _read(self, path) -> "object":
-        from . import io
-
-        ahead = self._ahead.pop(str(path), None)
-        return ahead.result() if ahead is not None else io.read_image(path)
+        before it (``io.ReadAhead``)."""
+        self._reader.start(path)
 
     def ready(self) -> str | None:
         """None when the model is loaded, else why not."""
@@ -128,7 +118,7 @@ class CaseWorker:
             for target in targets.values():
                 remove_temporaries(target)
             with contextlib.redirect_stdout(_io.StringIO()):  # the one-line case summary; the CSV has it
-                command.segment(args, segmenter=self.segmenter, read_image=self._read)
+                command.segment(args, segmenter=self.segmenter, read_image=self._reader)
             report = json.loads(targets["report"].read_text())
             row.update(status="ok", outputs=" ".join(sorted(report["outputs"].values())),
                        target=report["model"]["target"], volume_cc=report["volume_cc"],
