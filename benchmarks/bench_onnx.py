@@ -18,6 +18,7 @@ import io
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,9 @@ def compare(name: str, net: torch.nn.Module, x: np.ndarray, repeats: int, thread
         ref = split_output(net(torch.from_numpy(x)))[0].numpy()
         t_torch = _median_s(lambda: net(torch.from_numpy(x)), repeats)
     buf = io.BytesIO()
-    torch.onnx.export(net, (torch.from_numpy(x),), buf, dynamo=False, opset_version=17, input_names=["x"])
+    with warnings.catch_warnings():  # the exporter's notes on its own deprecation and InstanceNorm
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.from_numpy(x),), buf, dynamo=False, opset_version=17, input_names=["x"])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     t = time.perf_counter()
