@@ -233,7 +233,9 @@ def write_seg_nrrd(
     given name, colour and terminology, and ``slicerio`` reads it.
 
     The header is written here rather than by slicerio's ``write_segmentation``, which gives the same
-    file (a test compares them) but is not among the packages the Slicer module installs for inference.
+    file (a test compares them) but took 8-14x longer at the same gzip level (150 x 512 x 512: 0.97 s
+    against 0.12 s; 1000 slices: 9.5 s against 0.7 s, one after the other on 2026-11-30), and is not among the
+    packages the Slicer module installs for inference.
 
     Args:
         mask: binary mask (non-zero voxels are the segment), ``(z, y, x)``.
