@@ -294,9 +294,10 @@ class Sweep:
             if killed_starting:
                 # killed by the signal's default action while Python was still starting (before the CLI
                 # set its handlers) or already finishing (after main returned, its outputs all renamed):
-                # nothing or everything was written, as for any program
-                rc = 128 + int(signum)
-                err = "gtvautoseg: terminated" if signum == signal.SIGTERM else "gtvautoseg: interrupted"
+                # nothing or everything was written, as for any program. Nothing: judged as an
+                # interruption; everything: as the finished run it was.
+                rc, err = (0, "") if written else (
+                    128 + int(signum), "gtvautoseg: terminated" if signum == signal.SIGTERM else "gtvautoseg: interrupted")
             # an interruption is not a refusal: one line, "gtvautoseg: terminated" or "... interrupted"
             _judge(run, rc, err, folder, hashes, "", out, None, refuse_codes=(130, 143),
                    prefix=("gtvautoseg: terminated" if signum == signal.SIGTERM else "gtvautoseg: interrupted"))
