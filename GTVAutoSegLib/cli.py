@@ -107,10 +107,11 @@ def open_segmenter(args: argparse.Namespace):
                      use_classifier=not args.no_classifier, postprocess=post)
 
 
-def _cmd_segment(args: argparse.Namespace, segmenter=None, read_image=None) -> int:
+def _cmd_segment(args: argparse.Namespace, segmenter=None, read_image=None, quiet: bool = False) -> int:
     """``segmenter``: one already built by :func:`open_segmenter` with the same flags (a batch
     worker's), else it is built here. ``read_image``: path -> :class:`Image` as ``io.read_image``
-    reads it (a batch's reader that read the case ahead, in another thread)."""
+    reads it (else each case is read ahead, the first while the model loads). ``quiet``: no
+    one-line summary per case (a batch has its CSV)."""
     from . import io
     from .inputcheck import check_input_path
     from .outputs import atomic_outputs, name_max, prepare_output_dir, refuse_overwriting_inputs
@@ -196,7 +197,8 @@ def _cmd_segment(args: argparse.Namespace, segmenter=None, read_image=None) -> i
                     f"{', '.join(str(targets[f]) for f in formats)}")
             if reference is not None:
                 line += f"; Dice vs reference {report['reference']['dice']:.3f}"
-            print(line, flush=True)
+            if not quiet:
+                print(line, flush=True)
         except Cancelled:
             progress.close()
             raise

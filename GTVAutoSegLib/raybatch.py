@@ -2,8 +2,8 @@
 
 Each case goes through exactly the code of ``gtvautoseg segment`` (:func:`cli._cmd_segment`: the
 same checks, output names and atomic writes), with the model loaded once per worker
-(:class:`CaseWorker`); serially, the next case is read in a thread while the current one is
-segmented and written. With Ray, one actor per worker holds the model; a case whose worker dies is
+(:class:`CaseWorker`); without Ray two cases are in flight, one read or written while the other
+is segmented. With Ray, one actor per worker holds the model; a case whose worker dies is
 retried on the restarted worker: the dead worker's temporary files are removed first and the
 outputs only ever appear by rename, so a retry is safe and nothing partial is left. A case that
 fails is a row in the summary CSV and the others go on.
@@ -25,6 +25,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -83,9 +84,7 @@ class CaseWorker:
         self.command = command
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.error: str | None = None
-        from .io import ReadAhead
-
-        self._reader = ReadAhead()
+        self._compute = threading.Lock()  # one case at a time in the networks, see run_serial
         args = command.build_parser().parse_args(["segment", "-", "-o", ".", "--progress", "none", *self.flags])
         try:
             self.segmenter = command.open_segmenter(args)
@@ -94,17 +93,15 @@ class CaseWorker:
                 raise
             self.error = str(exc)
 
-    def read_ahead(self, path: str) -> None:
-        """Start reading ``path`` in a thread, while this worker segments and writes the case
-        before it (``io.ReadAhead``)."""
-        self._reader.start(path)
-
     def ready(self) -> str | None:
         """None when the model is loaded, else why not."""
         return self.error
 
     def run(self, path: str, name: str, outdir: str) -> dict:
-        """One case -> its summary row; never raises for the case's own problems."""
+        """One case -> its summary row; never raises for the case's own problems. Safe to call from
+        several threads: the segmentation itself (preprocessing, networks, inverse) runs for one
+        case at a time, reading and writing overlap with it."""
+        from . import io
         from .outputs import remove_temporaries
 
         command = self.command
@@ -117,8 +114,9 @@ class CaseWorker:
             # A worker that died in this case (this is then a retry) left its temporary files behind.
             for target in targets.values():
                 remove_temporaries(target)
-            with contextlib.redirect_stdout(_io.StringIO()):  # the one-line case summary; the CSV has it
-                command.segment(args, segmenter=self.segmenter, read_image=self._reader)
+            # quiet: the one-line case summary is the CSV's row
+            command.segment(args, segmenter=_OneAtATime(self.segmenter, self._compute), read_image=io.read_image,
+                            quiet=True)
             report = json.loads(targets["report"].read_text())
             row.update(status="ok", outputs=" ".join(sorted(report["outputs"].values())),
                        target=report["model"]["target"], volume_cc=report["volume_cc"],
@@ -129,6 +127,20 @@ class CaseWorker:
             row.update(status="failed", error=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
         row["seconds"] = round(time.perf_counter() - t0, 3)
         return row
+
+
+class _OneAtATime:
+    """A segmenter whose calls take a lock (its other attributes as they are)."""
+
+    def __init__(self, segmenter, lock: threading.Lock):
+        self._segmenter, self._lock = segmenter, lock
+
+    def __getattr__(self, name):
+        return getattr(self._segmenter, name)
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            return self._segmenter(*args, **kwargs)
 
 
 class _CaseProgress:
@@ -158,14 +170,20 @@ class _CaseProgress:
 
 
 def run_serial(cases: list[Path], names: list[str], outdir: Path, flags: list[str], progress, command) -> list[dict]:
-    """All cases in this process, one after the other, with one model."""
+    """All cases in this process with one model: two cases in flight, so that one is read or written
+    while the other is segmented (the segmentations themselves run one at a time, with all cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     worker = CaseWorker(flags, command)
     rows = []
-    for i, (path, name) in enumerate(zip(cases, names)):
-        if i + 1 < len(cases):
-            worker.read_ahead(str(cases[i + 1]))
-        rows.append(worker.run(str(path), name, str(outdir)))
-        progress(rows[-1])
+    pool = ThreadPoolExecutor(2, thread_name_prefix="batch-case")
+    try:
+        futures = [pool.submit(worker.run, str(path), name, str(outdir)) for path, name in zip(cases, names)]
+        for future in futures:
+            rows.append(future.result())
+            progress(rows[-1])
+    finally:  # Ctrl+C: the cases in flight finish (their files all or none), the rest never start
+        pool.shutdown(wait=True, cancel_futures=True)
     return rows
 
 

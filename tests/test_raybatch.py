@@ -148,32 +148,59 @@ def test_ray_batch_redoes_the_case_of_a_killed_worker_and_leaves_nothing_partial
     assert int(killed_pid) != os.getpid()
 
 
-def test_serial_batch_reads_the_next_case_ahead_and_reports_its_read_error(cohort, tmp_path, monkeypatch):
+def test_serial_batch_overlaps_reading_and_writing_with_one_segmentation_at_a_time(cohort, tmp_path, monkeypatch):
+    """Two cases in flight: the next one is read while the first is segmented or written, the
+    segmentations never overlap, a read error is its case's failure, outputs as `segment` wrote them."""
+    import time
+
     from GTVAutoSegLib import io as gio
+    from GTVAutoSegLib.pipeline import Segmenter
 
     cts, model, serial = cohort
     folder = tmp_path / "cts"
     folder.mkdir()
-    for name in ("case0", "case1"):
+    for name in ("case0", "case1", "case3"):
         (folder / f"{name}.nii.gz").write_bytes((cts / f"{name}.nii.gz").read_bytes())
     data = (cts / "case2.nii.gz").read_bytes()
     (folder / "case2.nii.gz").write_bytes(data[: len(data) // 2])
-    readers = {}
-    real = gio.read_image
+    events, lock = [], threading.Lock()
+
+    def log(what, name):
+        with lock:
+            events.append((time.perf_counter(), what, name))
+
+    real_read, real_write, real_call = gio.read_image, gio.write_labelmap, Segmenter.__call__
 
     def read_image(path):
-        readers[Path(path).name] = threading.current_thread().name
-        return real(path)
+        log("read", Path(path).name.split(".")[0])
+        return real_read(path)
+
+    def write_labelmap(mask, path):
+        real_write(mask, path)
+        log("written", Path(path).name.lstrip(".").split("_label")[0])
+
+    def call(self, image, *a, **k):
+        log("segment start", None)
+        try:
+            return real_call(self, image, *a, **k)
+        finally:
+            log("segment end", None)
 
     monkeypatch.setattr(gio, "read_image", read_image)
+    monkeypatch.setattr(gio, "write_labelmap", write_labelmap)
+    monkeypatch.setattr(Segmenter, "__call__", call)
     out = tmp_path / "out"
     rc = main(["batch", str(folder), "-o", str(out), "--model", str(model), "--device", "cpu", "--progress", "none"])
     assert rc == 2
     rows = _summary(out)
     assert rows["case2"]["status"] == "failed" and "truncated" in rows["case2"]["error"]
-    assert [rows[c]["status"] for c in ("case0", "case1")] == ["ok", "ok"]
-    assert readers["case0.nii.gz"] == "MainThread"
-    assert readers["case1.nii.gz"].startswith("read-ahead") and readers["case2.nii.gz"].startswith("read-ahead")
-    for name in ("case0.seg.nrrd", "case1_label.nii.gz"):
+    assert [rows[c]["status"] for c in ("case0", "case1", "case3")] == ["ok", "ok", "ok"]
+    for name in ("case0.seg.nrrd", "case1_label.nii.gz", "case3.seg.nrrd"):
         assert (out / name).read_bytes() == (serial / name).read_bytes()
     assert not (out / "case2.seg.nrrd").exists()
+    when = {(what, name): t for t, what, name in events if name}
+    assert when[("read", "case1")] < when[("written", "case0")]  # case1 read before case0 was written
+    depth = 0
+    for _, what, _ in sorted(events):
+        depth += {"segment start": 1, "segment end": -1}.get(what, 0)
+        assert depth <= 1  # never two segmentations at once
