@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .coarse import CoarseSpec, from_coarse, to_coarse
+from .device import PRECISIONS
 from .errors import Cancelled, GTVError
 
 ProgressFn = Callable[[str, float], None]
@@ -28,6 +29,7 @@ CancelFn = Callable[[], bool]
 
 
 GATES = ("classifier", "locator", "both", "none")
+
 
 
 @dataclass
@@ -164,7 +166,8 @@ class Cascade:
         classifier_batch / segmenter_batch: slices per forward pass; with the chunking below
             only one batch of inputs and outputs lives on the device at a time, so a
             1000-slice CT needs no more GPU memory than a 32-slice one.
-        amp: bf16 autocast on CUDA (ignored on the CPU).
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``fp32`` or ``bf16`` (autocast
+            on either device; on a CPU it pays only with native bf16, see ``device.PRECISION_HELP``).
         segmenter_depth: D of a 3D segmenter; None for a 2D one.
         locator: ``(1, 1, D, H, W) -> (1, K, D, H, W)`` on the ``coarse`` grid, or None.
         coarse: the locator's grid.
@@ -174,7 +177,7 @@ class Cascade:
     """
 
     def __init__(self, classifier: nn.Module | None, segmenter: nn.Module, device: torch.device,
-                 classifier_batch: int = 64, segmenter_batch: int = 16, amp: bool = True,
+                 classifier_batch: int = 64, segmenter_batch: int = 16, precision: str = "auto",
                  segmenter_depth: int | None = None, locator: nn.Module | None = None,
                  coarse: CoarseSpec | None = None, combine: CombineSpec | None = None,
                  classifier_context: int = 1, segmenter_context: int = 1, has_classifier: bool | None = None):
@@ -197,10 +200,14 @@ class Cascade:
         self.segmenter_batch = segmenter_batch
         self.classifier_context = classifier_context
         self.segmenter_context = segmenter_context
-        self.amp = amp and self.cuda
+        if precision not in PRECISIONS:
+            raise GTVError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = ("bf16" if self.cuda else "fp32") if precision == "auto" else precision
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
 
     def _batches(self, slices: np.ndarray, idx: np.ndarray, size: int, context: int):
         z = slices.shape[0]

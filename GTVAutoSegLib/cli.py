@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .device import DEVICE_HELP
+from .device import DEVICE_HELP, PRECISION_HELP, PRECISIONS
 from .errors import Cancelled, GTVError
 from .filetypes import image_suffix, strip_image_suffix
 from .outputs import DEFAULT_FORMATS, DICOM_FORMATS, OUTPUT_FORMATS, Terminated, parse_formats, terminate_as_interrupt
@@ -104,7 +104,7 @@ def open_segmenter(args: argparse.Namespace):
         post = PostprocessSpec(keep_largest=args.keep_largest,
                                min_component_cc=bundle.postprocess.min_component_cc)
     return Segmenter(bundle, device=args.device, threshold=args.threshold,
-                     use_classifier=not args.no_classifier, postprocess=post)
+                     use_classifier=not args.no_classifier, postprocess=post, precision=args.precision)
 
 
 def _cmd_segment(args: argparse.Namespace, segmenter=None, read_image=None, quiet: bool = False) -> int:
@@ -398,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     s.add_argument("--model", default=None, help="model name from Resources/Models.json or a bundle path (default: the default model)")
     s.add_argument("--device", default="auto", type=_device_name, help=DEVICE_HELP)
+    s.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     s.add_argument("--threshold", type=_probability, default=None,
                    help="slice probability threshold in [0, 1]: the classifier's, or the locator's for a model "
                         "whose 3D locator picks the slices (default: the model's)")
@@ -460,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="times a case is retried when its Ray worker dies (default 2)")
     b.add_argument("--summary", default="summary.csv", metavar="NAME", help="summary file name in OUTDIR")
     b.add_argument("--model", default=None, help="model name or bundle path (default: the default model)")
-    b.add_argument("--device", default="auto", type=_device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    b.add_argument("--device", default="auto", type=_device_name, help=DEVICE_HELP)
+    b.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     b.add_argument("--threshold", type=_probability, default=None, help="slice gate threshold (default: the model's)")
     b.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest 3D components")
     b.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice")

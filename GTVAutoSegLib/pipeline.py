@@ -28,6 +28,7 @@ class SegmentationResult:
         selected: ``(Z,)`` bool, slices the segmenter ran on.
         threshold: the classifier threshold used.
         timings: seconds per stage (preprocess, classifier, segmenter, inverse).
+        precision: the networks' arithmetic, ``fp32`` or ``bf16``.
     """
 
     mask: Image
@@ -35,6 +36,7 @@ class SegmentationResult:
     selected: np.ndarray
     threshold: float
     timings: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def volume_cc(self) -> float:
         return float(self.mask.array.sum()) * float(np.prod(self.mask.spacing)) / 1000.0
@@ -82,11 +84,12 @@ class Segmenter:
             classifier is neither loaded nor run (the "SANet alone" arm that measures what the
             cascade adds).
         postprocess / combine: override the bundle's (e.g. to compare combinations of its networks).
+        precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32`` or ``bf16`` (``cascade.PRECISIONS``).
     """
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", threshold: float | None = None,
                  use_classifier: bool = True, postprocess: PostprocessSpec | None = None,
-                 combine: CombineSpec | None = None):
+                 combine: CombineSpec | None = None, precision: str = "auto"):
         self.bundle = bundle
         self.device = resolve_device(device)
         self.threshold = bundle.threshold if threshold is None else float(threshold)
@@ -105,7 +108,7 @@ class Segmenter:
                                locator=bundle.build_locator() if needs_locator else None, coarse=bundle.coarse,
                                combine=combine, classifier_context=bundle.classifier_context,
                                segmenter_context=bundle.segmenter_context,
-                               has_classifier=bundle.classifier is not None)
+                               has_classifier=bundle.classifier is not None, precision=precision)
 
     def to_mask(self, image: Image, seg_probs: np.ndarray, state) -> np.ndarray:
         """Model-space foreground probabilities (``state`` from ``prepare(image, ...)``) -> uint8
@@ -146,7 +149,8 @@ class Segmenter:
         timings["inverse"] = time.perf_counter() - t
         if progress:
             progress("inverse", 1.0)
-        return SegmentationResult(image.with_array(mask), slice_probs, selected, threshold, timings)
+        return SegmentationResult(image.with_array(mask), slice_probs, selected, threshold, timings,
+                                  self.cascade.precision)
 
 
 def segment(image: Image, bundle: ModelBundle, device: str = "auto", threshold: float | None = None,

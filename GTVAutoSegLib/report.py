@@ -133,6 +133,7 @@ def case_report(name: str, input_path: str | Path, bundle, device, result, selec
         "model": {"name": bundle.name, "version": bundle.version, "target": bundle.target,
                   "anatomic_region": bundle.anatomic_region},
         "device": str(device),
+        "precision": result.precision,
         "threshold": result.threshold,
         "volume_cc": round(result.volume_cc(), 3),
         "slices_total": int(result.slice_probs.size),

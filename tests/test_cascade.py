@@ -204,3 +204,24 @@ def test_keep_components_in_the_mask_s_box_equals_the_whole_grid():
         expected = np.isin(labels, np.flatnonzero(keep) + 1).astype(np.uint8)
         assert np.array_equal(keep_components(m, (1.0, 1.0, 1.0), spec), expected)
     assert not keep_components(np.zeros_like(m), (1.0, 1.0, 1.0), PostprocessSpec(keep_largest=1)).any()
+
+
+def test_precision_bf16_runs_the_networks_in_bf16_on_the_cpu_and_says_so():
+    from GTVAutoSegLib.errors import GTVError
+
+    ct, _ = _phantom_with_marker()
+    bundle = _fake_bundle()
+    seen = []
+    plain = Segmenter(bundle, "cpu")
+    assert plain.cascade.precision == "fp32"  # auto on the CPU
+    fp32 = plain(ct)
+    seg = Segmenter(bundle, "cpu", precision="bf16")
+    for net in (seg.cascade.classifier, seg.cascade.segmenter):
+        net.register_forward_pre_hook(lambda m, i: seen.append(
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+    bf16 = seg(ct)
+    assert len(seen) >= 2 and all(seen)  # both networks ran under bf16 autocast
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert dice(bf16.mask.array, fp32.mask.array) > 0.9
+    with pytest.raises(GTVError, match="precision"):
+        Segmenter(bundle, "cpu", precision="fp16")

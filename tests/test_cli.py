@@ -67,6 +67,23 @@ def test_no_classifier_segments_every_slice_and_reports_null_probabilities(case,
     assert report["slice_probabilities"] == [None] * ct.array.shape[0]
 
 
+def test_precision_is_chosen_recorded_and_forwarded_by_batch(case, tmp_path, capsys):
+    from GTVAutoSegLib.raybatch import segment_flags
+
+    _, _, ct_path, _, model = case
+    for precision, ran in (("auto", "fp32"), ("bf16", "bf16")):
+        out = tmp_path / precision
+        assert main(["segment", str(ct_path), "-o", str(out), "--model", str(model), "--device", "cpu",
+                     "--precision", precision, "--progress", "none"]) == 0
+        assert json.loads((out / "pt_7_report.json").read_text())["precision"] == ran
+    assert main(["segment", str(ct_path), "-o", str(tmp_path / "x"), "--precision", "fp16"]) == 2
+    assert "--precision" in capsys.readouterr().err
+    from GTVAutoSegLib.cli import build_parser
+
+    flags = segment_flags(build_parser().parse_args(["batch", str(ct_path), "-o", "o", "--precision", "bf16"]))
+    assert flags[flags.index("--precision") + 1] == "bf16"
+
+
 def test_progress_lines_are_parseable(case, tmp_path, capsys):
     _, _, ct_path, _, model = case
     assert main(["segment", str(ct_path), "-o", str(tmp_path / "o"), "--model", str(model), "--progress", "lines"]) == 0
