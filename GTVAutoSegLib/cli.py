@@ -382,6 +382,20 @@ def _probability(text: str) -> float:
     return value
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and run the model, the same for ``segment`` and ``batch``."""
+    parser.add_argument("--model", default=None,
+                        help="model name from Resources/Models.json or a bundle path (default: the default model)")
+    parser.add_argument("--device", default="auto", type=_device_name, help=DEVICE_HELP)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    parser.add_argument("--threshold", type=_probability, default=None,
+                        help="slice probability threshold in [0, 1]: the classifier's, or the locator's for a model "
+                             "whose 3D locator picks the slices (default: the model's)")
+    parser.add_argument("--keep-largest", type=int, default=None, metavar="N",
+                        help="keep only the N largest 3D components (0 keeps all)")
+    parser.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice (no cascade)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(
         prog="gtvautoseg",
@@ -396,14 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(DICOM SEG) and NAME_rtstruct.dcm (RTSTRUCT) referencing the DICOM series.")
     s.add_argument("input", nargs="+", help="CT file(s) or DICOM folder(s)")
     s.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
-    s.add_argument("--model", default=None, help="model name from Resources/Models.json or a bundle path (default: the default model)")
-    s.add_argument("--device", default="auto", type=_device_name, help=DEVICE_HELP)
-    s.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    s.add_argument("--threshold", type=_probability, default=None,
-                   help="slice probability threshold in [0, 1]: the classifier's, or the locator's for a model "
-                        "whose 3D locator picks the slices (default: the model's)")
-    s.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest 3D components (0 keeps all)")
-    s.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice (no cascade)")
+    _add_model_options(s)
     s.add_argument("--include-slices", metavar="LIST", help="also segment these slices (e.g. 12,14-17; K indices from 0)")
     s.add_argument("--exclude-slices", metavar="LIST", help="leave these slices empty whatever the classifier says")
     s.add_argument("--only-slices", metavar="LIST", help="segment exactly these slices; the classifier does not run")
@@ -460,12 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--retries", type=int, default=2, metavar="N",
                    help="times a case is retried when its Ray worker dies (default 2)")
     b.add_argument("--summary", default="summary.csv", metavar="NAME", help="summary file name in OUTDIR")
-    b.add_argument("--model", default=None, help="model name or bundle path (default: the default model)")
-    b.add_argument("--device", default="auto", type=_device_name, help=DEVICE_HELP)
-    b.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    b.add_argument("--threshold", type=_probability, default=None, help="slice gate threshold (default: the model's)")
-    b.add_argument("--keep-largest", type=int, default=None, metavar="N", help="keep only the N largest 3D components")
-    b.add_argument("--no-classifier", action="store_true", help="run the segmenter on every slice")
+    _add_model_options(b)
     b.add_argument("--format", type=_formats, default=DEFAULT_FORMATS, metavar="LIST",
                    help=f"what to write per case, from {', '.join(OUTPUT_FORMATS)} (default {','.join(DEFAULT_FORMATS)})")
     b.add_argument("--png", action="store_true", help="also write NAME_overview.png per case")

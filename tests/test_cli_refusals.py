@@ -173,10 +173,11 @@ def test_sigterm_while_writing_is_as_clean_as_ctrl_c(ct_file, model, tmp_path, c
 
     monkeypatch.setattr(io, "write_labelmap", killed)
     out = tmp_path / "out"
+    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or a handler an earlier test's local Ray left
     assert _segment(ct_file, "-o", out, model=model) == 143
     assert "terminated" in capsys.readouterr().err
     assert _tree(out) == []
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
 
 
 def test_sigterm_during_the_renames_waits_until_the_case_is_complete(ct_file, model, tmp_path, monkeypatch):
