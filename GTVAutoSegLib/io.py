@@ -83,8 +83,8 @@ class ReadAhead:
     on the spot.
 
     ITK's reading and numpy leave the GIL, so a CT is read while torch is imported and the model
-    loaded (a single ``segment``), or while the case before it is segmented and written (a batch).
-    Warnings belong to :func:`check_ct`, called by the consumer in its own thread.
+    loaded, and each further input of one ``segment`` command while the one before it is segmented
+    and written. Warnings belong to :func:`check_ct`, called by the consumer in its own thread.
     """
 
     def __init__(self):
@@ -105,7 +105,7 @@ class ReadAhead:
 
 def check_ct(image: Image, path: str | Path) -> Image:
     """The checks of :func:`read_ct` on an image :func:`read_image` read from ``path`` (apart, so
-    that a batch can read the next case in another thread and warn from this one)."""
+    that an image read in another thread is checked, and warned about, in this one)."""
     name = Path(path).name
     if image.array.size == 0:
         raise GTVError(f"{name} is empty (size {_size_str(image)})")
