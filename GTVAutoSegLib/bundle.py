@@ -4,6 +4,8 @@ threshold, a version and training provenance (nnU-Net's "plans" idea).
 
 On disk it is a ``torch.save`` of plain containers (strings and tensors only) so that it loads
 with ``torch.load(weights_only=True)``: a file holding pickled code is refused, not executed.
+This module imports torch only where weights are read, built or written: a bundle's description
+(:func:`bundle_from_meta`) needs none (the ONNX Runtime engine, ``onnxnets.py``).
 """
 
 from __future__ import annotations
@@ -15,15 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn as nn
-
 from .cascade import CombineSpec
 from .catalog import MODELS_JSON, ModelEntry, list_models, newest  # noqa: F401  (re-exported)
 from .coarse import CoarseSpec
 from .errors import GTVError
 from .inputcheck import check_input_path
-from .models import NetConfig, build_network
+from .netconfig import NetConfig
 from .preprocessing import PreprocessSpec
 from .segfile import check_anatomic_region
 
@@ -106,9 +105,11 @@ class ModelBundle:
             "provenance": self.provenance,
         }
 
-    def _build(self, cfg: NetConfig | None, state: dict, role: str) -> nn.Module | None:
+    def _build(self, cfg: NetConfig | None, state: dict, role: str):
         if cfg is None:
             return None
+        from .models import build_network
+
         net = build_network(cfg)
         try:
             net.load_state_dict(state, strict=True)
@@ -117,26 +118,25 @@ class ModelBundle:
             raise GTVError(f"model '{self.name}': {role} weights do not match its architecture: {first}") from None
         return net.float().eval()
 
-    def build_networks(self) -> tuple[nn.Module | None, nn.Module]:
+    def build_networks(self) -> tuple:
         """Classifier (None if the model has none) and segmenter with their weights loaded (strict),
         in eval mode, on the CPU, float32."""
         return self.build_classifier(), self.build_segmenter()
 
-    def build_classifier(self) -> nn.Module | None:
+    def build_classifier(self):
         """The slice classifier with its weights, or None (a model without one)."""
         return self._build(self.classifier, self.classifier_state, "classifier")
 
-    def build_segmenter(self) -> nn.Module:
+    def build_segmenter(self):
         """The segmenter with its weights."""
         return self._build(self.segmenter, self.segmenter_state, "segmenter")
 
-    def build_locator(self) -> nn.Module | None:
+    def build_locator(self):
         """The 3D locator with its weights, or None."""
         return self._build(self.locator, self.locator_state, "locator")
 
     @classmethod
-    def from_networks(cls, classifier_net: nn.Module | None, segmenter_net: nn.Module, /,
-                      locator_net: nn.Module | None = None, **kwargs: Any) -> "ModelBundle":
+    def from_networks(cls, classifier_net, segmenter_net, /, locator_net=None, **kwargs: Any) -> "ModelBundle":
         """A bundle from (trained) modules; ``kwargs`` are the other fields (name, version,
         classifier, segmenter and locator configs, preprocess, ...)."""
         return cls(classifier_state=_cpu_state(classifier_net) if classifier_net is not None else {},
@@ -144,7 +144,7 @@ class ModelBundle:
                    locator_state=_cpu_state(locator_net) if locator_net is not None else {}, **kwargs)
 
 
-def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
+def _cpu_state(net) -> dict[str, "torch.Tensor"]:
     # DDP / torch.compile wrap the module; the bundle holds the bare network's keys.
     net = getattr(net, "module", net)
     net = getattr(net, "_orig_mod", net)
@@ -157,6 +157,8 @@ def save_bundle(bundle: ModelBundle, path: str | Path, half: bool = False) -> st
     Returns:
         The file's SHA-256 (hex), for ``Resources/Models.json``.
     """
+    import torch
+
     from .outputs import atomic_output
 
     def cast(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -202,6 +204,8 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBu
                        "incomplete download); refusing to load it")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is no bundle
         raise GTVError(f"{path.name} is not a GTVAutoSeg model bundle (not a torch archive; truncated download?)")
+    import torch
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / code-bearing files
@@ -218,6 +222,21 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBu
                        f"{', '.join(map(str, READABLE_VERSIONS))}")
     try:
         meta = json.loads(payload["meta_json"])
+    except (TypeError, ValueError) as exc:
+        raise GTVError(f"{path.name}: bundle description is incomplete or invalid ({exc})") from None
+    return bundle_from_meta(meta, payload, path.name)
+
+
+def bundle_from_meta(meta: dict, states: dict | None = None, source: str = "bundle") -> ModelBundle:
+    """A :class:`ModelBundle` from its description (``ModelBundle.meta()``) and, when given, the
+    networks' weights (``states``: ``classifier``, ``segmenter``, ``locator``); without them the
+    bundle describes the model and builds no network (the ONNX Runtime engine holds its own).
+
+    Raises:
+        GTVError: the description is incomplete or invalid (``source`` names the file).
+    """
+    states = states or {}
+    try:
         context = meta.get("context", {})
         return ModelBundle(
             name=meta["name"],
@@ -235,12 +254,12 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBu
             anatomic_region=meta.get("anatomic_region", ""),
             postprocess=PostprocessSpec(**meta.get("postprocess", {})),
             provenance=meta.get("provenance", {}),
-            classifier_state=payload["classifier"],
-            segmenter_state=payload["segmenter"],
-            locator_state=payload.get("locator", {}),
+            classifier_state=states.get("classifier", {}),
+            segmenter_state=states.get("segmenter", {}),
+            locator_state=states.get("locator", {}),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise GTVError(f"{path.name}: bundle description is incomplete or invalid ({exc})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise GTVError(f"{source}: bundle description is incomplete or invalid ({exc})") from None
 
 
 # --- the list of shipped models -------------------------------------------------------------

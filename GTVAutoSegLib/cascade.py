@@ -7,6 +7,11 @@ A model may add a 3D locator (the same decoupling with a 3D "where"): one pass o
 box on a coarse grid (``coarse.py``) whose probabilities can choose the slices instead of (or with)
 the classifier, keep the 2D output within an in-plane region around what it found, and be
 averaged with the 2D segmenter's probabilities. :class:`CombineSpec` says which.
+
+The cascade itself does not import torch: it runs "nets", objects whose ``probabilities(x)`` maps a
+float32 input batch to class-1 probabilities. A torch module given to it is wrapped in
+``torchnets.TorchNet`` (device, memory format, autocast); ``onnxnets.OrtNet`` runs an ONNX Runtime
+session, so a cold call can segment without importing torch at all.
 """
 
 from __future__ import annotations
@@ -17,8 +22,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
-import torch
-import torch.nn as nn
 
 from .coarse import CoarseSpec, from_coarse, to_coarse
 from .device import PRECISIONS
@@ -162,7 +165,8 @@ class Cascade:
         segmenter: ``(B, k, H, W) -> (B, K, H, W)`` logits (class 1 is the target); with
             ``segmenter_depth`` a 3D network ``(1, 1, D, H, W) -> (1, K, D, H, W)`` run on
             half-overlapping windows of D slices.
-        device: where all run (chosen once by the caller).
+        device: where torch modules run (chosen once by the caller); None for nets that are not
+            torch modules (ONNX Runtime's run on the CPU).
         classifier_batch / segmenter_batch: slices per forward pass; with the chunking below
             only one batch of inputs and outputs lives on the device at a time, so a
             1000-slice CT needs no more GPU memory than a 32-slice one.
@@ -174,73 +178,70 @@ class Cascade:
         combine: how the networks' outputs are combined.
         classifier_context / segmenter_context: slices per 2D input (2.5D), odd.
         has_classifier: whether the model has a classifier (default: ``classifier`` is given).
+        resizer: how the locator's grid is made and brought back: ``torch`` or ``numpy``
+            (``preprocessing.RESIZERS``).
+
+    Each network is a torch module or a net with ``probabilities(x) -> class-1 probabilities``.
     """
 
-    def __init__(self, classifier: nn.Module | None, segmenter: nn.Module, device: torch.device,
+    def __init__(self, classifier, segmenter, device=None,
                  classifier_batch: int = 64, segmenter_batch: int = 16, precision: str = "auto",
-                 segmenter_depth: int | None = None, locator: nn.Module | None = None,
+                 segmenter_depth: int | None = None, locator=None,
                  coarse: CoarseSpec | None = None, combine: CombineSpec | None = None,
-                 classifier_context: int = 1, segmenter_context: int = 1, has_classifier: bool | None = None):
+                 classifier_context: int = 1, segmenter_context: int = 1, has_classifier: bool | None = None,
+                 resizer: str = "torch"):
         self.device = device
-        self.cuda = device.type == "cuda"
+        self.cuda = getattr(device, "type", str(device)) == "cuda"
         # The model may have a classifier that was not built (``Segmenter(use_classifier=False)``):
         # the model's combination stays valid and per-slice values keep their meaning; only a call
         # that gates with the classifier is refused.
         self.has_classifier = classifier is not None if has_classifier is None else has_classifier
         self.combine = (combine or CombineSpec()).validate(self.has_classifier, locator is not None)
-        # channels_last pays on oneDNN and cuDNN alike for these convolutional nets
-        self.memory_format = torch.channels_last
-        self.classifier = classifier.to(device, memory_format=self.memory_format).eval() if classifier is not None else None
+        if precision not in PRECISIONS:
+            raise GTVError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = ("bf16" if self.cuda else "fp32") if precision == "auto" else precision
         self.segmenter_depth = segmenter_depth
-        self.segmenter = segmenter.to(device, memory_format=self.memory_format if segmenter_depth is None else
-                                      torch.channels_last_3d).eval()
-        self.locator = locator.to(device, memory_format=torch.channels_last_3d).eval() if locator is not None else None
+        self.classifier = self._net(classifier, 2)
+        self.segmenter = self._net(segmenter, 2 if segmenter_depth is None else 3)
+        self.locator = self._net(locator, 3)
         self.coarse = coarse or CoarseSpec()
         self.classifier_batch = classifier_batch
         self.segmenter_batch = segmenter_batch
         self.classifier_context = classifier_context
         self.segmenter_context = segmenter_context
-        if precision not in PRECISIONS:
-            raise GTVError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.precision = ("bf16" if self.cuda else "fp32") if precision == "auto" else precision
+        self.resizer = resizer
 
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+    def _net(self, net, dims: int):
+        """A torch module wrapped as a net (its device, memory format and autocast); nets as they are."""
+        if net is None or hasattr(net, "probabilities"):
+            return net
+        from .torchnets import TorchNet
+
+        return TorchNet(net, self.device, self.precision, dims)
 
     def _batches(self, slices: np.ndarray, idx: np.ndarray, size: int, context: int):
         z = slices.shape[0]
         for start in range(0, idx.size, size):
             part = idx[start:start + size]
-            x = torch.from_numpy(np.ascontiguousarray(slices[context_indices(part, z, context)], dtype=np.float32))
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            yield start, part, x
+            yield start, part, np.ascontiguousarray(slices[context_indices(part, z, context)], dtype=np.float32)
 
-    def _probs(self, net: nn.Module, x: torch.Tensor, spatial: bool) -> torch.Tensor:
-        """Class-1 probabilities of ``net`` on ``x``; with ``tta_flip`` averaged with the mirror
-        image's (flipped back). ``spatial``: per-pixel output whose last axis is left-right."""
-        with self._autocast():
-            p = torch.softmax(split_output(net(x))[0].float(), dim=1)[:, 1]
-            if self.combine.tta_flip:
-                q = torch.softmax(split_output(net(x.flip(-1)))[0].float(), dim=1)[:, 1]
-                p = (p + (q.flip(-1) if spatial else q)) / 2
+    def _probs(self, net, x: np.ndarray, spatial: bool) -> np.ndarray:
+        """Class-1 probabilities (float32) of ``net`` on ``x``; with ``tta_flip`` averaged with the
+        mirror image's (flipped back). ``spatial``: per-pixel output whose last axis is left-right."""
+        p = net.probabilities(x)
+        if self.combine.tta_flip:
+            q = net.probabilities(np.ascontiguousarray(x[..., ::-1]))
+            p = (p + (q[..., ::-1] if spatial else q)) / np.float32(2)
         return p
 
-    def _sync(self):
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    @torch.inference_mode()
     def locate(self, slices: np.ndarray, cancel: CancelFn | None = None) -> np.ndarray:
         """``(Z, H, W)`` slices -> ``(Z, H, W)`` float32 locator probability (one coarse pass)."""
         if cancel is not None and cancel():
             raise Cancelled("cancelled before the locator")
-        x = torch.from_numpy(to_coarse(slices, self.coarse))[None, None].to(self.device)
-        p = self._probs(self.locator, x.contiguous(memory_format=torch.channels_last_3d), spatial=True)
-        return from_coarse(p[0].cpu(), slices.shape)
+        x = to_coarse(slices, self.coarse, self.resizer)[None, None]
+        p = self._probs(self.locator, np.ascontiguousarray(x, dtype=np.float32), spatial=True)
+        return from_coarse(p[0], slices.shape, self.resizer)
 
-    @torch.inference_mode()
     def classify(self, slices: np.ndarray, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None) -> np.ndarray:
         """``(Z, H, W)`` float32 slices -> ``(Z,)`` tumour probabilities."""
@@ -249,12 +250,11 @@ class Cascade:
         for start, part, x in self._batches(slices, np.arange(z), self.classifier_batch, self.classifier_context):
             if cancel is not None and cancel():
                 raise Cancelled("cancelled during slice classification")
-            probs[part] = self._probs(self.classifier, x, spatial=False).cpu().numpy()
+            probs[part] = self._probs(self.classifier, x, spatial=False)
             if progress:
                 progress("classifier", min(1.0, (start + part.size) / max(z, 1)))
         return probs
 
-    @torch.inference_mode()
     def segment(self, slices: np.ndarray, selected: np.ndarray, progress: ProgressFn | None = None,
                 cancel: CancelFn | None = None) -> np.ndarray:
         """Foreground probability on the selected slices; zeros elsewhere. ``(Z, H, W)`` float16."""
@@ -265,7 +265,7 @@ class Cascade:
         for start, part, x in self._batches(slices, idx, self.segmenter_batch, self.segmenter_context):
             if cancel is not None and cancel():
                 raise Cancelled("cancelled during segmentation")
-            out[part] = self._probs(self.segmenter, x, spatial=True).to(torch.float16).cpu().numpy()
+            out[part] = self._probs(self.segmenter, x, spatial=True)
             if progress:
                 progress("segmenter", min(1.0, (start + part.size) / max(idx.size, 1)))
         return out
@@ -285,11 +285,11 @@ class Cascade:
         def predict(i: int, s: int) -> np.ndarray:
             if cancel is not None and cancel():
                 raise Cancelled("cancelled during segmentation")
-            x = torch.from_numpy(np.ascontiguousarray(stack[s:s + d], dtype=np.float32))[None, None].to(self.device)
-            p = self._probs(self.segmenter, x.contiguous(memory_format=torch.channels_last_3d), spatial=True)
+            x = np.ascontiguousarray(stack[s:s + d], dtype=np.float32)[None, None]
+            p = self._probs(self.segmenter, x, spatial=True)
             if progress:
                 progress("segmenter", (i + 1) / len(starts))
-            return p[0].cpu().numpy()
+            return p[0]
 
         out = average_windows(stack.shape, d, starts, predict)[:z].astype(np.float16)
         out[~selected] = 0
@@ -326,7 +326,6 @@ class Cascade:
         selected = np.ones(z, dtype=bool)
         if gate in ("classifier", "both"):
             probs = self.classify(slices, progress, cancel)
-            self._sync()
             selected &= probs >= threshold
         if gate in ("locator", "both"):
             selected &= located_slices(prior, threshold if gate == "locator" else c.locator_threshold,
@@ -340,7 +339,6 @@ class Cascade:
             seg = np.where(selected[:, None, None], prior, 0).astype(np.float16)
         else:
             seg = self.segment(slices, selected, progress, cancel)
-            self._sync()
             if c.region_margin_mm >= 0:
                 seg = (seg * region_mask(prior, c.region_margin_mm, pixel_mm)).astype(np.float16)
             if c.locator_weight > 0:

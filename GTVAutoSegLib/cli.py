@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .device import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from .device import DEVICE_HELP, ENGINE_HELP, ENGINES, PRECISION_HELP, PRECISIONS
 from .errors import Cancelled, GTVError
 from .filetypes import image_suffix, strip_image_suffix
 from .outputs import DEFAULT_FORMATS, DICOM_FORMATS, OUTPUT_FORMATS, Terminated, parse_formats, terminate_as_interrupt
@@ -90,21 +90,61 @@ def _case_outputs(outdir: Path, name: str, formats: tuple[str, ...], png: bool) 
 def open_segmenter(args: argparse.Namespace):
     """The model and its :class:`Segmenter` as the ``segment`` flags ask (a listed model not here
     yet is downloaded first, with progress). Built once per process: ``gtvautoseg batch`` workers
-    keep it for all their cases."""
-    from .bundle import PostprocessSpec, open_model
+    keep it for all their cases. ``--engine`` picks ONNX Runtime or torch (:func:`_use_onnx`)."""
+    from .bundle import PostprocessSpec, resolve_model
     from .catalog import prefetch
     from .pipeline import Segmenter
 
     fetching = _Progress(args.progress)
     prefetch(args.model, progress=fetching)  # a listed model not here yet is downloaded now, with progress
     fetching.close()
-    bundle = open_model(args.model)
+    path, sha, entry = resolve_model(args.model)
+    nets = _onnx_model(args, path, sha, listed=entry is not None)
+    if nets is not None:
+        bundle = nets.bundle
+    else:
+        from .bundle import load_bundle
+
+        bundle = load_bundle(path, expected_sha256=sha)
     post = None
     if args.keep_largest is not None:
         post = PostprocessSpec(keep_largest=args.keep_largest,
                                min_component_cc=bundle.postprocess.min_component_cc)
-    return Segmenter(bundle, device=args.device, threshold=args.threshold,
-                     use_classifier=not args.no_classifier, postprocess=post, precision=args.precision)
+    return Segmenter(bundle, device=args.device, threshold=args.threshold, use_classifier=not args.no_classifier,
+                     postprocess=post, precision=args.precision, nets=nets)
+
+
+def _onnx_model(args: argparse.Namespace, path: Path, sha: str | None, listed: bool):
+    """The model under ONNX Runtime (``onnxnets.OnnxModel``) when ``--engine`` asks for it, or
+    None for torch.
+
+    ``onnx`` always (exported on first use; refused with torch's device or precision flags);
+    ``auto`` when onnxruntime is installed, the run is fp32 on the CPU (``--device cpu``, or
+    ``auto`` with no NVIDIA driver on the machine) and the model is a listed one (exported on first
+    use) or a bundle exported before; if the export fails, one line says so and torch runs."""
+    from . import onnxnets
+
+    engine = getattr(args, "engine", "auto")
+    if engine == "torch":
+        return None
+    note = (lambda message: print(f"gtvautoseg: {message}", file=sys.stderr, flush=True))
+    use_classifier = not args.no_classifier
+    if engine == "onnx":
+        if not onnxnets.runtime_available():
+            raise GTVError("--engine onnx needs onnxruntime (pip install onnxruntime onnx)")
+        onnxnets.OnnxModel.check_run_options(args.device, args.precision)
+        return onnxnets.open_onnx(path, sha, export=True, use_classifier=use_classifier, note=note)
+    cpu = args.device == "cpu" or (args.device == "auto" and not onnxnets.nvidia_driver_visible())
+    if not (cpu and args.precision in ("auto", "fp32") and onnxnets.runtime_available()):
+        return None
+    can_export = listed and onnxnets.exporter_available()
+    try:
+        return onnxnets.open_onnx(path, sha, export=can_export, use_classifier=use_classifier, note=note)
+    except onnxnets.NotExported:
+        return None
+    except onnxnets.ExportFailed as exc:  # anything wrong with the bundle itself is raised: torch refuses it too
+        note(f"{exc}; running it on torch")
+        return None
 
 
 def _cmd_segment(args: argparse.Namespace, segmenter=None, read_image=None, quiet: bool = False) -> int:
@@ -388,6 +428,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="model name from Resources/Models.json or a bundle path (default: the default model)")
     parser.add_argument("--device", default="auto", type=_device_name, help=DEVICE_HELP)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    parser.add_argument("--engine", default="auto", choices=ENGINES, help=ENGINE_HELP)
     parser.add_argument("--threshold", type=_probability, default=None,
                         help="slice probability threshold in [0, 1]: the classifier's, or the locator's for a model "
                              "whose 3D locator picks the slices (default: the model's)")

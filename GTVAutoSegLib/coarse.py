@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .errors import GTVError
 
@@ -51,27 +49,39 @@ class CoarseSpec:
         return cls(**d).validate()
 
 
-def _resize3d(volume: np.ndarray | torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+def _resize3d(volume, shape: tuple[int, int, int], resizer: str = "torch") -> np.ndarray:
+    """Trilinear (``align_corners=False``) over the last three axes; ``resizer``: ``torch`` or
+    ``numpy`` (``resample.resize``, equal up to float32 rounding; no torch import)."""
+    if resizer == "numpy":
+        volume = np.asarray(volume, dtype=np.float32)
+        if tuple(volume.shape[-3:]) == tuple(shape):
+            return volume
+        from .resample import resize
+
+        return resize(volume, tuple(shape), "linear", antialias=False)
+    import torch
+    import torch.nn.functional as F
+
     t = torch.as_tensor(volume, dtype=torch.float32)
     if tuple(t.shape[-3:]) == tuple(shape):
-        return t
+        return t.numpy()
     lead = t.shape[:-3]
     t = t.reshape(-1, 1, *t.shape[-3:])
     with torch.no_grad():
         out = F.interpolate(t, size=tuple(shape), mode="trilinear", align_corners=False)
-    return out.reshape(*lead, *shape)
+    return out.reshape(*lead, *shape).numpy()
 
 
-def to_coarse(stack: np.ndarray, spec: CoarseSpec) -> np.ndarray:
+def to_coarse(stack: np.ndarray, spec: CoarseSpec, resizer: str = "torch") -> np.ndarray:
     """Model-space slices ``(Z, S, S)`` in [0, 1] -> the locator's input ``(D, H, W)`` float32."""
     if np.asarray(stack).ndim != 3:
         raise GTVError(f"expected a (Z, H, W) stack, got shape {np.asarray(stack).shape}")
-    return _resize3d(stack, spec.shape).clamp_(0.0, 1.0).numpy()
+    return np.clip(_resize3d(stack, spec.shape, resizer), 0.0, 1.0)
 
 
-def from_coarse(prob: np.ndarray | torch.Tensor, model_shape: tuple[int, int, int]) -> np.ndarray:
+def from_coarse(prob, model_shape: tuple[int, int, int], resizer: str = "torch") -> np.ndarray:
     """Locator probabilities ``(..., D, H, W)`` -> ``(..., Z, S, S)`` on the model-space grid, float32."""
-    return _resize3d(prob, model_shape).numpy()
+    return _resize3d(prob, model_shape, resizer)
 
 
 def labels_to_coarse(labels: np.ndarray, spec: CoarseSpec, n_classes: int) -> np.ndarray:
@@ -84,6 +94,6 @@ def labels_to_coarse(labels: np.ndarray, spec: CoarseSpec, n_classes: int) -> np
     labels = np.asarray(labels)
     out = np.zeros(spec.shape, np.uint8)
     for c in range(1, n_classes):
-        covered = _resize3d(((labels >= 1) & (labels <= c)).astype(np.float32), spec.shape).numpy() >= 0.5
+        covered = _resize3d(((labels >= 1) & (labels <= c)).astype(np.float32), spec.shape) >= 0.5
         out[covered & (out == 0)] = c
     return out

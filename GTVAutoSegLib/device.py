@@ -23,6 +23,11 @@ DEVICE_HELP = f"{', '.join(DEVICE_NAMES[:-1])} or {DEVICE_NAMES[-1]} (default au
 PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_HELP = ("the networks' arithmetic: auto (bf16 on CUDA, fp32 on the CPU), fp32, or bf16 (on a CPU with "
                   "native bf16 about 1.4x faster networks; a few voxels differ) (default auto)")
+# What runs the networks (``onnxnets.py``); here so that the CLI names them without importing numpy.
+ENGINES = ("auto", "torch", "onnx")
+ENGINE_HELP = ("what runs the networks: onnx (ONNX Runtime on the CPU; a cold call does not import torch; the model is "
+               "exported once into the user cache), torch, or auto (onnx for an fp32 run on the CPU when onnxruntime "
+               "is installed and the model is a listed one or exported before, else torch) (default auto)")
 _PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 

@@ -6,15 +6,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from scipy import ndimage
 
 from .bundle import ModelBundle, PostprocessSpec
 from .cascade import Cascade, CancelFn, CombineSpec, ProgressFn
-from .device import resolve_device
 from .errors import Cancelled, GTVError
 from .image import Image
-from .models import network_kind, resolve_config
 from .preprocessing import prepare, restore_mask, restore_slice_values
 from .slices import SliceSelection
 
@@ -29,6 +25,7 @@ class SegmentationResult:
         threshold: the classifier threshold used.
         timings: seconds per stage (preprocess, classifier, segmenter, inverse).
         precision: the networks' arithmetic, ``fp32`` or ``bf16``.
+        engine: what ran the networks, ``torch`` or ``onnx`` (ONNX Runtime).
     """
 
     mask: Image
@@ -37,6 +34,7 @@ class SegmentationResult:
     threshold: float
     timings: dict[str, float] = field(default_factory=dict)
     precision: str = "fp32"
+    engine: str = "torch"
 
     def volume_cc(self) -> float:
         return float(self.mask.array.sum()) * float(np.prod(self.mask.spacing)) / 1000.0
@@ -59,6 +57,8 @@ def keep_components(mask: np.ndarray, spacing_xyz, spec: PostprocessSpec) -> np.
 
 
 def _keep_components(mask: np.ndarray, spacing_xyz, spec: PostprocessSpec) -> np.ndarray:
+    from scipy import ndimage
+
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return mask
@@ -85,35 +85,56 @@ class Segmenter:
             cascade adds).
         postprocess / combine: override the bundle's (e.g. to compare combinations of its networks).
         precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``fp32`` or ``bf16`` (``cascade.PRECISIONS``).
+        nets: the bundle's networks already loaded elsewhere (``onnxnets.OnnxModel``: ONNX Runtime
+            sessions on the CPU, fp32, resizes in numpy, no torch imported); None builds the
+            bundle's torch networks on ``device``.
     """
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", threshold: float | None = None,
                  use_classifier: bool = True, postprocess: PostprocessSpec | None = None,
-                 combine: CombineSpec | None = None, precision: str = "auto"):
+                 combine: CombineSpec | None = None, precision: str = "auto", nets=None):
         self.bundle = bundle
-        self.device = resolve_device(device)
+        self.engine = "torch" if nets is None else nets.engine
+        if nets is None:
+            from .device import resolve_device
+
+            self.device = resolve_device(device)
+        else:
+            nets.check_run_options(device, precision)
+            self.device = "cpu"
         self.threshold = bundle.threshold if threshold is None else float(threshold)
         if not np.isfinite(self.threshold):  # NaN would silently select no slice at all
             raise GTVError(f"classifier threshold must be a finite number, got {self.threshold}")
         self.use_classifier = use_classifier
         self.postprocess = postprocess or bundle.postprocess
-        # Without the gate the classifier never runs, so its weights are not even loaded.
-        classifier = bundle.build_classifier() if use_classifier else None
-        segmenter = bundle.build_segmenter()
-        seg_cfg = resolve_config(bundle.segmenter)
-        depth = seg_cfg.params["patch_depth"] if network_kind(seg_cfg.name) == "segmenter3d" else None
         combine = combine or bundle.combine
         needs_locator = combine.gate in ("locator", "both") or combine.locator_weight > 0 or combine.region_margin_mm >= 0
+        if nets is None:
+            from .models import network_kind, resolve_config
+
+            # Without the gate the classifier never runs, so its weights are not even loaded.
+            classifier = bundle.build_classifier() if use_classifier else None
+            segmenter = bundle.build_segmenter()
+            seg_cfg = resolve_config(bundle.segmenter)
+            depth = seg_cfg.params["patch_depth"] if network_kind(seg_cfg.name) == "segmenter3d" else None
+            locator = bundle.build_locator() if needs_locator else None
+        else:
+            classifier = nets.classifier if use_classifier else None
+            segmenter, depth = nets.segmenter, nets.segmenter_depth
+            locator = nets.locator if needs_locator else None
+        # The networks' resizes: torch's, or with nets that do not use torch the same in numpy.
+        self.resizer = "torch" if nets is None else "numpy"
         self.cascade = Cascade(classifier, segmenter, self.device, segmenter_depth=depth,
-                               locator=bundle.build_locator() if needs_locator else None, coarse=bundle.coarse,
+                               locator=locator, coarse=bundle.coarse,
                                combine=combine, classifier_context=bundle.classifier_context,
                                segmenter_context=bundle.segmenter_context,
-                               has_classifier=bundle.classifier is not None, precision=precision)
+                               has_classifier=bundle.classifier is not None, precision=precision,
+                               resizer=self.resizer)
 
     def to_mask(self, image: Image, seg_probs: np.ndarray, state) -> np.ndarray:
         """Model-space foreground probabilities (``state`` from ``prepare(image, ...)``) -> uint8
         mask on the image's grid: the exact inverse, probability >= 0.5, the postprocess spec."""
-        return keep_components(restore_mask(seg_probs, state, 0.5), image.spacing, self.postprocess)
+        return keep_components(restore_mask(seg_probs, state, 0.5, resizer=self.resizer), image.spacing, self.postprocess)
 
     def __call__(self, image: Image, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None, selection: SliceSelection | None = None) -> SegmentationResult:
@@ -125,7 +146,7 @@ class Segmenter:
         t = time.perf_counter()
         if progress:
             progress("preprocess", 0.0)
-        slices, state = prepare(image, self.bundle.preprocess)
+        slices, state = prepare(image, self.bundle.preprocess, self.resizer)
         timings["preprocess"] = time.perf_counter() - t
         if cancel is not None and cancel():
             raise Cancelled("cancelled after preprocessing")
@@ -150,11 +171,10 @@ class Segmenter:
         if progress:
             progress("inverse", 1.0)
         return SegmentationResult(image.with_array(mask), slice_probs, selected, threshold, timings,
-                                  self.cascade.precision)
+                                  self.cascade.precision, self.engine)
 
 
 def segment(image: Image, bundle: ModelBundle, device: str = "auto", threshold: float | None = None,
             progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> SegmentationResult:
     """Segment one CT with a bundle (builds the networks; use ``Segmenter`` for many CTs)."""
-    with torch.inference_mode():
-        return Segmenter(bundle, device, threshold)(image, progress, cancel)
+    return Segmenter(bundle, device, threshold)(image, progress, cancel)

@@ -23,9 +23,6 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy import ndimage as ndi
 
 from .errors import GTVError
 from .image import Image
@@ -307,18 +304,39 @@ def body_mask(array: np.ndarray, spacing_xy: tuple[float, float], threshold_hu: 
     seed = _erode(candidates, disk) if disk is not None else candidates
     if not seed.any():  # a body thinner than the erosion: keep it rather than lose it
         seed, disk = candidates, None
-    labels, n = ndi.label(seed)
-    if n == 0:
+    body = _largest_component(seed)
+    if body is None:
         return np.zeros(array.shape, bool)
-    # Voxels per component, counted within each one's box (np.bincount would first copy the labels
-    # to 8-byte integers: 0.5 GB for a 1000-slice CT); ties go to the lowest label, as argmax did.
-    counts = [int(np.count_nonzero(labels[box] == i)) for i, box in enumerate(ndi.find_objects(labels), start=1)]
-    body = labels == 1 + int(np.argmax(counts))
     if disk is not None:
         body = _dilate(body, disk) & candidates
     if not fill_holes or not body.size:
         return body
+    from scipy import ndimage as ndi
+
     return np.stack([ndi.binary_fill_holes(s) for s in body])
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray | None:
+    """The largest face-connected 3D component of a bool ``(Z, Y, X)`` mask (``scipy.ndimage.label``'s
+    default connectivity), or None when the mask is empty; of equal sizes the first in raster order.
+
+    SimpleITK's labelling and counting (C++, no copy of the labels to 8-byte integers), not
+    scipy.ndimage's: importing scipy.ndimage costs 0.2 s of a cold call, SimpleITK is loaded anyway.
+    """
+    from .image import sitk
+
+    if not mask.any():
+        return None
+    labels = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), False)
+    by_size = sitk.RelabelComponentImageFilter()  # label 1: the largest
+    largest = by_size.Execute(labels)
+    sizes = by_size.GetSizeOfObjectsInPixels()
+    if len(sizes) < 2 or sizes[0] != sizes[1]:
+        return sitk.GetArrayViewFromImage(largest) == 1
+    # A tie for the largest: ITK numbers components in raster order of their first voxel, as scipy
+    # does, so the lowest label of the tied ones is the one scipy's argmax took.
+    counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel())
+    return sitk.GetArrayViewFromImage(labels) == int(np.argmax(counts[1:])) + 1
 
 
 def _body_box(lps: np.ndarray, lps_spacing, spec: PreprocessSpec) -> tuple[tuple[int, int, int, int], bool]:
@@ -383,19 +401,34 @@ def _fine_edges(coarse: np.ndarray, lps: np.ndarray, step: int, threshold_hu: fl
 # ---------------------------------------------------------------- resampling
 
 
-def _resize(stack: np.ndarray, hw: tuple[int, int], order: str) -> np.ndarray:
-    """``(Z, h, w)`` float32 -> ``(Z, H, W)`` float32; half-pixel-aligned so the inverse lines up."""
+RESIZERS = ("torch", "numpy")
+
+
+def _resize(stack: np.ndarray, hw: tuple[int, int], order: str, resizer: str = "torch") -> np.ndarray:
+    """``(Z, h, w)`` float32 -> ``(Z, H, W)`` float32; half-pixel-aligned so the inverse lines up.
+
+    ``resizer``: ``torch`` (``F.interpolate``) or ``numpy`` (``resample.resize``, the same filters
+    up to float32 rounding, for the ONNX Runtime engine, which does not import torch)."""
+    if order not in ("linear", "nearest"):
+        raise GTVError(f"interpolation order must be 'linear' or 'nearest', got {order!r}")
+    if resizer not in RESIZERS:
+        raise GTVError(f"resizer must be one of {', '.join(RESIZERS)}, got {resizer!r}")
     if stack.shape[1:] == tuple(hw):
         return stack
+    if resizer == "numpy":
+        from .resample import resize
+
+        return resize(stack, tuple(hw), order, antialias=True)
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     with torch.no_grad():
         if order == "linear":
             # antialias: a 512 -> 64 shrink would otherwise sample 2 of every 8 pixels
             out = F.interpolate(t, size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
-        elif order == "nearest":
-            out = F.interpolate(t, size=tuple(hw), mode="nearest-exact")
         else:
-            raise GTVError(f"interpolation order must be 'linear' or 'nearest', got {order!r}")
+            out = F.interpolate(t, size=tuple(hw), mode="nearest-exact")
     return out[:, 0].numpy()
 
 
@@ -446,12 +479,13 @@ def apply_window(array: np.ndarray, window: tuple[float, float], out: np.ndarray
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def prepare(image: Image, spec: PreprocessSpec) -> tuple[np.ndarray, PrepState]:
+def prepare(image: Image, spec: PreprocessSpec, resizer: str = "torch") -> tuple[np.ndarray, PrepState]:
     """CT -> model-space axial slices.
 
     Args:
         image: CT in HU, any integer or float pixel type, any axis-aligned or oblique direction.
         spec: the preprocessing spec (from the model bundle).
+        resizer: ``torch`` or ``numpy`` (see ``_resize``).
 
     Returns:
         ``(Z, H, W)`` float32 in ``[0, 1]``, slices inferior to superior, and the ``PrepState``.
@@ -487,7 +521,7 @@ def prepare(image: Image, spec: PreprocessSpec) -> tuple[np.ndarray, PrepState]:
     t, b, l, r = pad_square  # windowed straight into the zero-padded buffer (0 is air after windowing)
     padded = np.zeros((lps.shape[0], y1 - y0 + t + b, x1 - x0 + l + r), np.float32)
     apply_window(lps[:, y0:y1, x0:x1], spec.window, out=padded[:, t : t + y1 - y0, l : l + x1 - x0])
-    stack = np.ascontiguousarray(_pad(_resize(padded, state.resized, "linear"), state.pad_out))
+    stack = np.ascontiguousarray(_pad(_resize(padded, state.resized, "linear", resizer), state.pad_out))
     # the antialiasing filter's weights sum to 1 only up to rounding: 1.0000001 would break [0, 1]
     return np.clip(stack, 0.0, 1.0, out=stack), state
 
@@ -553,12 +587,14 @@ def restore(model_space: np.ndarray, state: PrepState, order: str = "linear") ->
     return _from_lps(full, state.axes, state.flips)
 
 
-def restore_mask(model_space: np.ndarray, state: PrepState, threshold: float = 0.5, chunk: int = 32) -> np.ndarray:
+def restore_mask(model_space: np.ndarray, state: PrepState, threshold: float = 0.5, chunk: int = 32,
+                 resizer: str = "torch") -> np.ndarray:
     """``restore(model_space, state) >= threshold`` as a uint8 mask, without the float volume.
 
     Only the slices with any nonzero value are resampled (a slice of zeros restores to zeros), a
     ``chunk`` of slices at a time, into the crop box of a uint8 volume: a 1000-slice CT needs no
-    4-byte-per-voxel array on its whole grid. Equal to thresholding :func:`restore`'s output.
+    4-byte-per-voxel array on its whole grid. Equal to thresholding :func:`restore`'s output
+    (with ``resizer="torch"``; ``numpy`` resizes the same up to float32 rounding).
     """
     model_space = np.asarray(model_space)
     _check_shape(model_space, state.model_shape, "model-space array")
@@ -569,7 +605,7 @@ def restore_mask(model_space: np.ndarray, state: PrepState, threshold: float = 0
     for start in range(0, busy.size, chunk):
         part = busy[start:start + chunk]
         stack = _unpad(model_space[part], state.pad_out).astype(np.float32, copy=False)
-        stack = _unpad(_resize(stack, (y1 - y0 + t + b, x1 - x0 + l + r), "linear"), state.pad_square)
+        stack = _unpad(_resize(stack, (y1 - y0 + t + b, x1 - x0 + l + r), "linear", resizer), state.pad_square)
         full[part, y0:y1, x0:x1] = stack >= np.float32(threshold)
     return _from_lps(full, state.axes, state.flips)
 

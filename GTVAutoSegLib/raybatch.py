@@ -35,7 +35,7 @@ from .filetypes import find_cases
 SUMMARY_FIELDS = ("case", "input", "status", "outputs", "target", "volume_cc", "slices_segmented",
                   "slices_total", "seconds", "worker", "error")
 # The ``segment`` flags a batch passes on to every case (the rest: input, -o, --name, --progress, are per case).
-_FORWARDED = (("model", "--model"), ("device", "--device"), ("precision", "--precision"),
+_FORWARDED = (("model", "--model"), ("device", "--device"), ("precision", "--precision"), ("engine", "--engine"),
               ("threshold", "--threshold"), ("keep_largest", "--keep-largest"))
 
 

@@ -216,7 +216,7 @@ def test_precision_bf16_runs_the_networks_in_bf16_on_the_cpu_and_says_so():
     assert plain.cascade.precision == "fp32"  # auto on the CPU
     fp32 = plain(ct)
     seg = Segmenter(bundle, "cpu", precision="bf16")
-    for net in (seg.cascade.classifier, seg.cascade.segmenter):
+    for net in (seg.cascade.classifier.net, seg.cascade.segmenter.net):  # the torch modules
         net.register_forward_pre_hook(lambda m, i: seen.append(
             torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
     bf16 = seg(ct)

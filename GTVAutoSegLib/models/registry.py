@@ -8,72 +8,17 @@ takes with their defaults, so a config from a bundle is checked before anything 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from torch import nn
-
 from ..errors import GTVError
+from ..netconfig import NetConfig
 
 KINDS = ("classifier", "segmenter", "segmenter3d", "locator3d")
 SEGMENTER_KINDS = ("segmenter", "segmenter3d")  # what the cascade's segmenter slot takes
 DENSE_KINDS = (*SEGMENTER_KINDS, "locator3d")  # per-voxel logits, trained with a segmentation loss
 
-Builder = Callable[["NetConfig"], nn.Module]
-
-
-@dataclass
-class NetConfig:
-    """Which network to build and how.
-
-    Args:
-        name: a registered network name, see :func:`available_networks`.
-        in_channels: input channels (1 for a CT slice).
-        out_channels: logits per pixel for a segmenter, classes for a classifier.
-        params: network-specific settings (see :func:`default_params`); must survive JSON, because
-            the config is stored in the model bundle. Tuples become lists.
-    """
-
-    name: str
-    in_channels: int = 1
-    out_channels: int = 2
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise GTVError(f"network name must be a non-empty string, got {self.name!r}")
-        for key in ("in_channels", "out_channels"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GTVError(f"network {key} must be a positive integer, got {value!r}")
-        if not isinstance(self.params, dict):
-            raise GTVError(f"network params must be a dict, got {type(self.params).__name__}")
-        try:
-            # A JSON round trip both checks and normalises (tuples -> lists, a private copy), so a
-            # config read back from a bundle compares equal to the one that was saved.
-            self.params = json.loads(json.dumps(self.params, allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            raise GTVError(f"network params for {self.name!r} are not JSON-serialisable: {exc}") from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "params": json.loads(json.dumps(self.params)),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "NetConfig":
-        """Inverse of :meth:`to_dict`; a malformed dict (e.g. from a damaged bundle) is a GTVError."""
-        if not isinstance(data, dict):
-            raise GTVError(f"network config must be a dict, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"name", "in_channels", "out_channels", "params"})
-        if unknown:
-            raise GTVError(f"network config has unknown keys: {', '.join(unknown)}")
-        if "name" not in data:
-            raise GTVError("network config has no 'name'")
-        return cls(**data)
+Builder = Callable[[NetConfig], Any]  # -> torch.nn.Module
 
 
 @dataclass(frozen=True)
@@ -165,7 +110,7 @@ def _same_type(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def build_network(cfg: NetConfig) -> nn.Module:
+def build_network(cfg: NetConfig):
     """Build the network ``cfg`` names, in training mode with fresh weights.
 
     Raises:
@@ -179,6 +124,6 @@ def build_network(cfg: NetConfig) -> nn.Module:
         raise GTVError(f"cannot build network {cfg.name!r} with params {full.params}: {exc}") from exc
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+def count_parameters(module, trainable_only: bool = False) -> int:
     """Number of parameter elements (all, or only those with ``requires_grad``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

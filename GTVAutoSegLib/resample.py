@@ -1,0 +1,86 @@
+"""Resizing stacks of images without torch: the resamplings of ``torch.nn.functional.interpolate``
+the inference path uses, as separable weighted sums of a few input pixels per output pixel.
+
+- ``linear`` with antialias (``mode="bilinear", antialias=True``): a triangle filter as wide as the
+  scale when shrinking (every input pixel counts), plain bilinear when enlarging;
+- ``linear`` without antialias (``mode="trilinear"`` / ``"bilinear"``, ``align_corners=False``);
+- ``nearest`` (``mode="nearest-exact"``).
+
+Equal to torch's up to float32 rounding (the sums run in another order); the tests bound the
+difference. The ONNX Runtime engine (``onnxnets.py``) resizes with these, so it never imports torch.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=64)
+def _taps(n_in: int, n_out: int, mode: str, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Output pixel ``i`` along one axis is ``sum_k weight[i, k] * input[index[i, k]]``:
+    ``(n_out, K)`` int64 indices and float32 weights (rows padded with weight 0)."""
+    scale = n_in / n_out
+    rows: list[tuple[list[int], list[float]]] = []
+    for i in range(n_out):
+        centre = scale * (i + 0.5)
+        if mode == "nearest":  # as torch computes it: a float32 scale, the product rounded to float32
+            src = np.float32((i + 0.5) * float(np.float32(n_in) / np.float32(n_out)))
+            rows.append(([min(int(np.floor(src)), n_in - 1)], [1.0]))
+        elif antialias:
+            support = max(scale, 1.0)  # the triangle's half-width, in input pixels
+            lo = max(int(centre - support + 0.5), 0)
+            hi = min(int(centre + support + 0.5), n_in)
+            j = np.arange(lo, hi)
+            w = np.maximum(0.0, 1.0 - np.abs((j + 0.5 - centre) / support))
+            keep = w > 0
+            rows.append((j[keep].tolist(), (w[keep] / w.sum()).tolist()))
+        else:
+            src = max(centre - 0.5, 0.0)
+            i0 = min(int(np.floor(src)), n_in - 1)
+            i1 = min(i0 + 1, n_in - 1)
+            frac = src - i0
+            rows.append(([i0, i1], [1.0 - frac, frac]) if i1 != i0 else ([i0], [1.0]))
+    k = max(len(cols) for cols, _ in rows)
+    index = np.zeros((n_out, k), np.int64)
+    weight = np.zeros((n_out, k), np.float32)
+    for i, (cols, vals) in enumerate(rows):
+        index[i, :len(cols)], weight[i, :len(vals)] = cols, vals
+        index[i, len(cols):] = cols[-1]
+    return index, weight
+
+
+def _along(array: np.ndarray, axis: int, taps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Resample ``array`` along ``axis``: a weighted sum of a few gathered input slabs per tap."""
+    index, weight = taps
+    shape = [1] * array.ndim
+    shape[axis] = index.shape[0]
+    size = list(array.shape)
+    size[axis] = index.shape[0]
+    out = np.empty(size, np.float32)
+    term = np.empty(size, np.float32)  # one buffer for every tap (fresh memory is costly)
+    for k in range(index.shape[1]):
+        np.take(array, index[:, k], axis=axis, out=term if k else out)
+        if k:
+            term *= weight[:, k].reshape(shape)
+            out += term
+        else:
+            out *= weight[:, 0].reshape(shape)
+    return out
+
+
+def resize(array: np.ndarray, shape: tuple[int, ...], mode: str = "linear", antialias: bool = True) -> np.ndarray:
+    """Resize the last ``len(shape)`` axes of ``array`` to ``shape``; float32 out.
+
+    ``mode``: ``linear`` (with or without ``antialias``) or ``nearest``.
+    """
+    if mode not in ("linear", "nearest"):
+        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    out = np.asarray(array, dtype=np.float32)
+    first = out.ndim - len(shape)
+    for k, n in enumerate(shape):
+        axis = first + k
+        if out.shape[axis] != n:
+            out = _along(out, axis, _taps(out.shape[axis], int(n), mode, antialias))
+    return np.ascontiguousarray(out)
