@@ -151,12 +151,6 @@ def context_indices(idx: np.ndarray, z: int, k: int) -> np.ndarray:
     return np.clip(np.asarray(idx, np.int64)[:, None] + offsets[None, :], 0, z - 1)
 
 
-def split_output(out) -> tuple:
-    """A segmenter's output as ``(segmentation logits, slice logits or None)``: a multi-task
-    segmenter (``sanet_mtl``) returns both, every other the segmentation alone."""
-    return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
-
-
 class Cascade:
     """Runs locator, classifier and segmenter over the slices of one volume.
 

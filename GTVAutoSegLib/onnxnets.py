@@ -17,6 +17,7 @@ half-written cache.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -56,14 +57,21 @@ def cache_folder(bundle_sha256: str) -> Path:
     return cache_root() / "onnx" / bundle_sha256
 
 
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # an import hook that refuses the name
+        return False
+
+
 def runtime_available() -> bool:
     """onnxruntime is installed (found, not imported)."""
-    return importlib.util.find_spec("onnxruntime") is not None
+    return _installed("onnxruntime")
 
 
 def exporter_available() -> bool:
     """torch and the onnx package are installed (needed only to export)."""
-    return importlib.util.find_spec("onnx") is not None and importlib.util.find_spec("torch") is not None
+    return _installed("onnx") and _installed("torch")
 
 
 def nvidia_driver_visible() -> bool:
@@ -314,20 +322,23 @@ def _export_into(bundle: ModelBundle, sha: str, source: str, out: Path) -> dict:
         shape = _example_shape(bundle, role, depth)
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
         spatial = len(shape) - 2
-        dynamic = {0: "batch"}  # the locator's grid is fixed; the 2D and windowed 3D nets' in-plane size is not
-        if role != "locator":
+        dynamic = {0: "batch"}
+        # In-plane size: fixed in "resize" mode (size x size) and on the locator's grid; it varies
+        # per CT only in "spacing" mode (some networks, SANet's pyramid pooling, cannot export so).
+        if role != "locator" and bundle.preprocess.mode != "resize":
             dynamic.update({len(shape) - 2: "height", len(shape) - 1: "width"})
         out_dynamic = {0: "batch"} if role == "classifier" else dict(dynamic)
         file = out / f"{role}.onnx"
         try:
-            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-                warnings.simplefilter("ignore")  # the exporter's notes on its own deprecation
+            # the exporter's notes on its own deprecation, and the graph it prints when it fails
+            with warnings.catch_warnings(), torch.no_grad(), quiet_output():
+                warnings.simplefilter("ignore")
                 torch.onnx.export(module.eval(), (torch.from_numpy(x),), str(file), dynamo=False, opset_version=OPSET,
                                   input_names=["x"], output_names=["logits"],
                                   dynamic_axes={"x": dynamic, "logits": out_dynamic})
             onnx.checker.check_model(str(file))
         except Exception as exc:  # the exporter raises many types for an operator it cannot write
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(" [Caused by")[0][:200]
             raise ExportFailed(f"its {role} ({_cfg_name(bundle, role)}) cannot be exported to ONNX: {first}") from None
         ort_p = OrtNet(_session(file)).probabilities(x)
         torch_p = TorchNet(module, torch.device("cpu"), "fp32", spatial).probabilities(x)
@@ -343,6 +354,21 @@ def _export_into(bundle: ModelBundle, sha: str, source: str, out: Path) -> dict:
                                   "python": sys.version.split()[0]}}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
+
+
+@contextlib.contextmanager
+def quiet_output():
+    """Both standard streams of this process (file descriptors 1 and 2, C++ included) to /dev/null."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        os.close(saved[0]), os.close(saved[1])
 
 
 def _cfg_name(bundle: ModelBundle, role: str) -> str:

@@ -322,11 +322,15 @@ def _largest_component(mask: np.ndarray) -> np.ndarray | None:
 
     SimpleITK's labelling and counting (C++, no copy of the labels to 8-byte integers), not
     scipy.ndimage's: importing scipy.ndimage costs 0.2 s of a cold call, SimpleITK is loaded anyway.
+    Without SimpleITK (a benchmark of the networks alone), scipy.ndimage's.
     """
+    from .errors import MissingModule
     from .image import sitk
 
     if not mask.any():
         return None
+    if isinstance(sitk, MissingModule):
+        return _largest_component_scipy(mask)
     labels = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), False)
     by_size = sitk.RelabelComponentImageFilter()  # label 1: the largest
     largest = by_size.Execute(labels)
@@ -337,6 +341,16 @@ def _largest_component(mask: np.ndarray) -> np.ndarray | None:
     # does, so the lowest label of the tied ones is the one scipy's argmax took.
     counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel())
     return sitk.GetArrayViewFromImage(labels) == int(np.argmax(counts[1:])) + 1
+
+
+def _largest_component_scipy(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    labels, _ = ndi.label(mask)
+    # Voxels per component, counted within each one's box (np.bincount would first copy the labels
+    # to 8-byte integers: 0.5 GB for a 1000-slice CT); ties go to the lowest label.
+    counts = [int(np.count_nonzero(labels[box] == i)) for i, box in enumerate(ndi.find_objects(labels), start=1)]
+    return labels == 1 + int(np.argmax(counts))
 
 
 def _body_box(lps: np.ndarray, lps_spacing, spec: PreprocessSpec) -> tuple[tuple[int, int, int, int], bool]:

@@ -12,7 +12,11 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from .cascade import split_output
+
+def split_output(out) -> tuple:
+    """A segmenter's output as ``(segmentation logits, slice logits or None)``: a multi-task
+    segmenter (``sanet_mtl``) returns both, every other the segmentation alone."""
+    return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
 
 
 class TorchNet:

@@ -63,15 +63,17 @@ def forward_floor(seg, slices: int, selected: int, size: int, repeats: int) -> d
     cascade, device = seg.cascade, seg.device
     gen = torch.Generator(device="cpu").manual_seed(0)  # random, not zeros: zeros can run faster
 
-    def inputs(n):
+    def inputs(n, fmt):
         x = torch.rand(n, 1, size, size, generator=gen).to(device)
-        return x.contiguous(memory_format=cascade.memory_format)
+        return x.contiguous(memory_format=fmt)
 
     out = {}
-    for name, net, x in (("classifier", cascade.classifier, inputs(slices)),
-                         ("segmenter", cascade.segmenter, inputs(selected))):
-        def run(net=net, x=x):
-            with torch.inference_mode(), cascade._autocast():
+    for name, wrapped in (("classifier", cascade.classifier), ("segmenter", cascade.segmenter)):
+        # the cascade's torch nets (torchnets.TorchNet): the module as it runs, its format and autocast
+        x = inputs(slices if name == "classifier" else selected, wrapped.memory_format)
+
+        def run(net=wrapped.net, x=x, wrapped=wrapped):
+            with torch.inference_mode(), wrapped._autocast():
                 net(x)
         out[name] = _median_seconds(run, device, repeats)
     return out

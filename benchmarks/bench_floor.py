@@ -6,6 +6,9 @@
 - cold: a whole ``gtvautoseg segment`` command in a fresh interpreter (imports, model load, the
   case), and the imports alone; with ``--baseline DIR`` also for another source tree (e.g. ``git
   archive main``), interleaved run by run so both see the same machine load;
+- ``--engine onnx``: the networks on ONNX Runtime (``--engine`` of the CLI; the export from the
+  user cache, made first if missing): the floor is then the bare ``session.run`` calls on the
+  recorded inputs (no bf16 column), and the cold calls are timed for both engines, interleaved;
 - other processes' CPU use over each measurement (``/proc/stat`` minus this process and its
   children): this machine is shared, so read every number beside it.
 
@@ -112,12 +115,31 @@ def record_inputs(seg: Segmenter) -> tuple[list, list]:
     """Forward hooks on the cascade's networks: every input they get is kept, with its network."""
     calls, handles = [], []
     for name in ("locator", "classifier", "segmenter"):
-        net = getattr(seg.cascade, name, None)
+        net = getattr(getattr(seg.cascade, name, None), "net", None)  # the torch module of a torchnets.TorchNet
         if net is not None:
             handles.append(net.register_forward_pre_hook(
                 lambda mod, args, name=name: calls.append((name, mod, args[0].detach().clone(
                     memory_format=torch.preserve_format)))))
     return calls, handles
+
+
+def record_onnx_inputs(seg: Segmenter) -> tuple[list, list]:
+    """The same for ONNX Runtime nets (``onnxnets.OrtNet``): each ``probabilities`` input is kept
+    with a callable that runs the bare session on it."""
+    calls, restore = [], []
+    for name in ("locator", "classifier", "segmenter"):
+        net = getattr(seg.cascade, name, None)
+        if net is None:
+            continue
+        original = net.probabilities
+
+        def spy(x, net=net, name=name, original=original):
+            calls.append((name, lambda inp, net=net: net.session.run([net.output], {net.input: inp}), x.copy()))
+            return original(x)
+
+        net.probabilities = spy
+        restore.append(lambda net=net: delattr(net, "probabilities"))
+    return calls, restore
 
 
 def replay(calls: list, bf16: bool, repeats: int) -> tuple[float, dict[str, float]]:
@@ -149,18 +171,25 @@ def end_to_end(seg: Segmenter, src: Path, out: Path, selection, repeats: int) ->
     return float(np.median(times))
 
 
-def cold(src: Path, out: Path, tree: Path | None, repeats: int, model: str | None) -> dict[str, list[float]]:
-    """Wall seconds of ``gtvautoseg segment`` and of its imports alone, in fresh interpreters."""
+def cold(src: Path, out: Path, tree: Path | None, repeats: int, model: str | None,
+         engine: str | None = None) -> dict[str, list[float]]:
+    """Wall seconds of ``gtvautoseg segment`` and of its imports alone (with the model loaded), in
+    fresh interpreters; ``engine``: the CLI's ``--engine`` (None: a tree that has no such flag)."""
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
     cwd = str(tree or ROOT)
     seg = [sys.executable, "-m", "GTVAutoSegLib.cli", "segment", str(src), "-o", str(out), "--device", "cpu",
-           "--progress", "none", *(["--model", model] if model else [])]
-    imports = [sys.executable, "-c", "import GTVAutoSegLib.cli, GTVAutoSegLib.pipeline, GTVAutoSegLib.io, "
-               "GTVAutoSegLib.bundle, GTVAutoSegLib.report, GTVAutoSegLib.metrics, GTVAutoSegLib.dicomrt; "
-               "from GTVAutoSegLib.models import build_network; from GTVAutoSegLib.bundle import open_model; "
-               "b = open_model(None); b.build_networks(); b.build_locator()"]
+           "--progress", "none", *(["--model", model] if model else []), *(["--engine", engine] if engine else [])]
+    if engine == "onnx":
+        imports = [sys.executable, "-c", "import GTVAutoSegLib.cli, GTVAutoSegLib.pipeline, GTVAutoSegLib.io, "
+                   "GTVAutoSegLib.report, GTVAutoSegLib.dicomrt; from GTVAutoSegLib.bundle import resolve_model; "
+                   f"from GTVAutoSegLib.onnxnets import open_onnx; p, s, _ = resolve_model({model!r}); open_onnx(p, s)"]
+    else:
+        imports = [sys.executable, "-c", "import GTVAutoSegLib.cli, GTVAutoSegLib.pipeline, GTVAutoSegLib.io, "
+                   "GTVAutoSegLib.bundle, GTVAutoSegLib.report, GTVAutoSegLib.metrics, GTVAutoSegLib.dicomrt; "
+                   "from GTVAutoSegLib.models import build_network; from GTVAutoSegLib.bundle import open_model; "
+                   f"b = open_model({model!r}); b.build_networks(); b.build_locator()"]
     found = {"command": [], "imports + model": [], "others": []}
     for _ in range(repeats):
         with CpuWatch() as w:
@@ -184,14 +213,23 @@ def main() -> None:
     p.add_argument("--cold-repeats", type=int, default=3)
     p.add_argument("--baseline", type=Path, default=None, help="another source tree to time cold calls against")
     p.add_argument("--threads", type=int, default=None, help="torch threads in this process (default: torch's, the cores)")
+    p.add_argument("--engine", default="torch", choices=["torch", "onnx"],
+                   help="what runs the networks end to end; onnx also times cold calls of both engines")
     args = p.parse_args()
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    seg = Segmenter(open_model(args.model), device="cpu")
-    print(f"machine: {machine_name(seg.device)}, {os.cpu_count()} cores; torch {torch.__version__}; "
-          f"model {seg.bundle.name} {seg.bundle.version}; medians of {args.repeats} after a warm-up")
+    if args.engine == "onnx":
+        from GTVAutoSegLib.bundle import resolve_model
+        from GTVAutoSegLib.onnxnets import open_onnx
+
+        nets = open_onnx(*resolve_model(args.model)[:2])
+        seg = Segmenter(nets.bundle, device="cpu", nets=nets)
+    else:
+        seg = Segmenter(open_model(args.model), device="cpu")
+    print(f"machine: {machine_name(torch.device('cpu'))}, {os.cpu_count()} cores; torch {torch.__version__}; "
+          f"engine {args.engine}; model {seg.bundle.name} {seg.bundle.version}; medians of {args.repeats} after a warm-up")
     print()
     print("| CT | end to end | floor fp32 | floor bf16 | end to end / floor fp32 | bf16 / fp32 floor | networks (fp32) | other processes' CPU |")
     print("|---|---:|---:|---:|---:|---:|---|---:|")
@@ -206,32 +244,34 @@ def main() -> None:
                           select_slices(ct, args.tumour_slices)))
         for label, src, selection in cases:
             with CpuWatch() as w:
-                calls, handles = record_inputs(seg)
+                calls, handles = (record_onnx_inputs if args.engine == "onnx" else record_inputs)(seg)
                 with torch.inference_mode():
                     seg(io.read_ct(src), selection=selection)
                 for h in handles:
-                    h.remove()
+                    h() if callable(h) else h.remove()
                 e2e = end_to_end(seg, src, Path(tmp) / "out.seg.nrrd", selection, args.repeats)
                 floor, per = replay(calls, False, args.repeats)
-                floor_bf16, _ = replay(calls, True, args.repeats)
+                floor_bf16 = replay(calls, True, args.repeats)[0] if args.engine == "torch" else float("nan")
             nets = ", ".join(f"{k} {v:.3f} s" for k, v in per.items())
             print(f"| {label} | {e2e:.3f} s | {floor:.3f} s | {floor_bf16:.3f} s | {e2e / floor:.2f} | "
                   f"{floor_bf16 / floor:.2f} | {nets} | {w.others:.0%} |")
 
         if args.ct:
             src = Path(args.ct[0])
-            trees = [("this tree", None)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
-            results = {name: {"command": [], "imports + model": [], "others": []} for name, _ in trees}
-            for _ in range(args.cold_repeats):  # interleaved: both trees see the same load
-                for name, tree in trees:
-                    for k, v in cold(src, Path(tmp) / f"cold-{name}", tree, 1, args.model).items():
+            engines = ["torch", "onnx"] if args.engine == "onnx" else [None]
+            trees = [(f"this tree{f', --engine {e}' if e else ''}", None, e) for e in engines]
+            trees += [("baseline", args.baseline.resolve(), None)] if args.baseline else []
+            results = {name: {"command": [], "imports + model": [], "others": []} for name, _, _ in trees}
+            for _ in range(args.cold_repeats):  # interleaved: every arm sees the same load
+                for name, tree, engine in trees:
+                    for k, v in cold(src, Path(tmp) / f"cold-{name}", tree, 1, args.model, engine).items():
                         results[name][k] += v
             print()
             print(f"Cold `gtvautoseg segment {src.name}` (fresh interpreter; median of {args.cold_repeats}, interleaved):")
             print()
             print("| tree | whole command | imports + model load | case (the rest) | other processes' CPU (max) |")
             print("|---|---:|---:|---:|---:|")
-            for name, _ in trees:
+            for name, _, _ in trees:
                 r = results[name]
                 cmd, imp = float(np.median(r["command"])), float(np.median(r["imports + model"]))
                 print(f"| {name} | {cmd:.2f} s | {imp:.2f} s | {cmd - imp:.2f} s | {max(r['others']):.0%} |")

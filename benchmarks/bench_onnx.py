@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_floor import CpuWatch  # noqa: E402
 
 from GTVAutoSegLib.bundle import open_model  # noqa: E402
-from GTVAutoSegLib.cascade import split_output  # noqa: E402
+from GTVAutoSegLib.torchnets import split_output  # noqa: E402
 
 
 def _median_s(fn, repeats: int) -> float:

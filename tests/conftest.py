@@ -1,5 +1,8 @@
 """Shared fixtures. Real data lives beside the project in ../shared/data and is never copied in."""
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,3 +21,13 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").exists():
         pytest.skip(f"real data not found at {SHARED_DATA} (see README: Data)")
     return SHARED_DATA
+
+
+# ONNX exports (GTVAutoSegLib/onnxnets.py) of the test session go to a folder of their own, not the
+# user's cache; subprocesses inherit it. Tests that look at the cache set their own.
+_CACHE = tempfile.mkdtemp(prefix="gtvautoseg-test-cache-")
+os.environ["GTVAUTOSEG_CACHE"] = _CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE, ignore_errors=True)

@@ -31,14 +31,15 @@ def test_importing_the_cli_imports_no_numerics_at_all():
     assert not loaded & {"torch", "numpy", "scipy", "SimpleITK", *NOT_ON_THE_INFERENCE_PATH}
 
 
-def test_segment_with_the_default_model_imports_only_what_inference_needs(tmp_path):
+def test_segment_on_torch_with_the_default_model_imports_only_what_inference_needs(tmp_path):
+    # (with --engine onnx and an export, not even torch: tests/test_onnx_engine.py)
     ct, _ = _phantom_with_marker()
     sitk.WriteImage(ct.to_sitk(), str(tmp_path / "pt.nii.gz"))
     loaded = _imported(
         "import json, sys\n"
         "from GTVAutoSegLib.cli import main\n"
         f"rc = main(['segment', {str(tmp_path / 'pt.nii.gz')!r}, '-o', {str(tmp_path / 'out')!r}, '--device', 'cpu',"
-        " '--progress', 'none'])\n"
+        " '--engine', 'torch', '--progress', 'none'])\n"
         "assert rc == 0, rc\n"
         "print(json.dumps(sorted(sys.modules)))")
     assert (tmp_path / "out" / "pt.seg.nrrd").is_file()

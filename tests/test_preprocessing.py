@@ -430,3 +430,19 @@ def test_restore_mask_equals_thresholding_the_restored_probabilities(spec, direc
     for chunk in (1, 4, 32):
         got = restore_mask(probs, state, 0.5, chunk=chunk)
         assert got.dtype == np.uint8 and np.array_equal(got, expected)
+
+
+def test_largest_component_is_scipys_including_ties():
+    from scipy import ndimage as ndi
+
+    from GTVAutoSegLib.preprocessing import _largest_component, _largest_component_scipy as scipys
+
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        m = ndi.binary_opening(rng.random((12, 40, 50)) > 0.55) if t % 2 else rng.random((4, 9, 11)) > 0.75
+        assert np.array_equal(_largest_component(m), scipys(m)), t
+    tie = np.zeros((3, 10, 10), bool)
+    tie[2, 5:7, 5:7] = tie[0, 0:2, 0:2] = True
+    tie[1, 8, 0:4] = True  # three components of 4 voxels: the first in raster order wins
+    assert np.array_equal(_largest_component(tie), scipys(tie)) and _largest_component(tie)[0, 0, 0]
+    assert _largest_component(np.zeros((2, 3, 3), bool)) is None

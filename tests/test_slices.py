@@ -81,7 +81,7 @@ def test_only_slices_skip_the_classifier_and_equal_a_full_run_there():
     ct, _ = _phantom_with_marker(FLIPPED_Z)
     segmenter = Segmenter(_fake_bundle(), device="cpu")
     full = segmenter(ct)
-    classifier, seg_net = segmenter.cascade.classifier, segmenter.cascade.segmenter
+    classifier, seg_net = segmenter.cascade.classifier.net, segmenter.cascade.segmenter.net  # the torch modules
     before = classifier.calls, seg_net.calls
     only = segmenter(ct, selection=SliceSelection.of(only=[7, 9]))
     assert classifier.calls == before[0]  # the classifier did not run

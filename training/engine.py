@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from GTVAutoSegLib.cascade import context_indices, split_output
+from GTVAutoSegLib.cascade import context_indices
+from GTVAutoSegLib.torchnets import split_output
 from GTVAutoSegLib.sampling import balance_indices
 
 from .tablestore import SliceTable

@@ -14,7 +14,8 @@ import math
 import numpy as np
 import torch
 
-from GTVAutoSegLib.cascade import average_windows, split_output, z_windows
+from GTVAutoSegLib.cascade import average_windows, z_windows
+from GTVAutoSegLib.torchnets import split_output
 
 from .tablestore import SliceTable
 from .engine import StepLoss, Validation

@@ -28,6 +28,10 @@ TORCH_REQUIREMENT = ">=2.4"
 # distribution name -> requirement: what the inference imports beyond torch and what Slicer ships.
 PIP_REQUIREMENTS = {
     "pynrrd": "pynrrd>=1.0",  # writes the .seg.nrrd
+    # Every "Segment GTV" click is a new inference process: with ONNX Runtime it does not import
+    # torch (about 1 s of each click); onnx exports the model once, on the first click.
+    "onnxruntime": "onnxruntime>=1.17",
+    "onnx": "onnx>=1.15",
 }
 # What the DICOM SEG export adds (installed when the export is first used; RTSTRUCT needs only pydicom).
 EXPORT_REQUIREMENTS = {
