@@ -127,7 +127,9 @@ def _onnx_model(args: argparse.Namespace, path: Path, sha: str | None, listed: b
     engine = getattr(args, "engine", "auto")
     if engine == "torch":
         return None
-    note = (lambda message: print(f"gtvautoseg: {message}", file=sys.stderr, flush=True))
+    from .native import say
+
+    note = (lambda message: say(f"gtvautoseg: {message}"))
     use_classifier = not args.no_classifier
     if engine == "onnx":
         if not onnxnets.runtime_available():

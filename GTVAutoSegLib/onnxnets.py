@@ -358,17 +358,22 @@ def _export_into(bundle: ModelBundle, sha: str, source: str, out: Path) -> dict:
 
 @contextlib.contextmanager
 def quiet_output():
-    """Both standard streams of this process (file descriptors 1 and 2, C++ included) to /dev/null."""
-    sys.stdout.flush(), sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    """What the exporter prints (its graph when it fails, C++ included) kept off the terminal:
+    fd 2 as ``native.quiet_stderr`` does (logged at debug level), fd 1 to /dev/null."""
+    from .native import quiet_stderr
+
+    sys.stdout.flush()
+    saved = os.dup(1)
     try:
-        with open(os.devnull, "w") as sink:
-            os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
-            yield
+        with open(os.devnull, "w") as sink, quiet_stderr("the ONNX exporter"):
+            os.dup2(sink.fileno(), 1)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
     finally:
-        sys.stdout.flush(), sys.stderr.flush()
-        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-        os.close(saved[0]), os.close(saved[1])
+        os.close(saved)
 
 
 def _cfg_name(bundle: ModelBundle, role: str) -> str:
