@@ -203,3 +203,23 @@ def test_a_network_onnx_cannot_write_is_one_line_and_prints_nothing(tmp_path, ca
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
     out, err = capfd.readouterr()
     assert out == "" and err == ""  # the exporter's graph dump is not the user's business
+
+
+def test_batch_forwards_the_engine_and_its_cases_run_on_it(tmp_path, cache):
+    from GTVAutoSegLib.cli import build_parser
+    from GTVAutoSegLib.raybatch import segment_flags
+
+    flags = segment_flags(build_parser().parse_args(["batch", "x", "-o", "o", "--engine", "onnx"]))
+    assert flags[flags.index("--engine") + 1] == "onnx"
+    ct, _ = _phantom_with_marker()
+    (tmp_path / "cts").mkdir()
+    for name in ("pt_1", "pt_2"):
+        sitk.WriteImage(ct.to_sitk(), str(tmp_path / "cts" / f"{name}.nii.gz"))
+    path = _saved(tmp_path)
+    assert main(["batch", str(tmp_path / "cts"), "-o", str(tmp_path / "out"), "--model", str(path), "--engine", "onnx",
+                 "--progress", "none"]) == 0
+    for name in ("pt_1", "pt_2"):
+        assert json.loads((tmp_path / "out" / f"{name}_report.json").read_text())["engine"] == "onnx"
+    assert main(["segment", str(tmp_path / "cts" / "pt_1.nii.gz"), "-o", str(tmp_path / "torch"), "--model", str(path),
+                 "--engine", "torch", "--progress", "none"]) == 0
+    assert (tmp_path / "out" / "pt_1.seg.nrrd").read_bytes() == (tmp_path / "torch" / "pt_1.seg.nrrd").read_bytes()
