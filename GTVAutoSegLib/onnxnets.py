@@ -136,7 +136,8 @@ class OnnxModel:
 # ------------------------------------------------------------------------------------- reading
 
 
-def _session(path: Path):
+def make_session(path: Path):
+    """An ONNX Runtime CPU session for one network file, threads as :func:`threads` says."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -180,7 +181,7 @@ def open_export(folder: Path, manifest: dict, use_classifier: bool = True) -> On
     def net(role: str) -> OrtNet | None:
         if role not in nets or (role == "classifier" and not use_classifier):
             return None
-        return OrtNet(_session(folder / nets[role]["file"]))
+        return OrtNet(make_session(folder / nets[role]["file"]))
 
     return OnnxModel(bundle, net("classifier"), net("segmenter"), net("locator"), manifest.get("segmenter_depth"),
                      folder)
@@ -340,7 +341,7 @@ def _export_into(bundle: ModelBundle, sha: str, source: str, out: Path) -> dict:
         except Exception as exc:  # the exporter raises many types for an operator it cannot write
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(" [Caused by")[0][:200]
             raise ExportFailed(f"its {role} ({_cfg_name(bundle, role)}) cannot be exported to ONNX: {first}") from None
-        ort_p = OrtNet(_session(file)).probabilities(x)
+        ort_p = OrtNet(make_session(file)).probabilities(x)
         torch_p = TorchNet(module, torch.device("cpu"), "fp32", spatial).probabilities(x)
         diff = float(np.abs(ort_p - torch_p).max())
         if not diff <= EXPORT_TOLERANCE:
