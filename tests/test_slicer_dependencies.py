@@ -52,10 +52,13 @@ def test_the_list_holds_nothing_slicer_ships_and_no_torch_or_monai():
     assert all(req.startswith(dist) for dist, req in PIP_REQUIREMENTS.items())
 
 
-def test_inference_runs_with_every_other_package_hidden(tmp_path):
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_inference_runs_with_every_other_package_hidden(tmp_path, monkeypatch, engine):
     """The CLI, as the module runs it, with only the standard library, torch (and what it needs),
     the packages Slicer ships and PIP_REQUIREMENTS importable: if inference needed anything else
-    (MONAI, matplotlib, tqdm, slicerio...), the module's installer would leave it broken."""
+    (MONAI, matplotlib, tqdm, slicerio...), the module's installer would leave it broken. Both
+    engines: ONNX Runtime's export (torch + onnx) and its run included."""
+    monkeypatch.setenv("GTVAUTOSEG_CACHE", str(tmp_path / "cache"))
     from GTVAutoSegLib.bundle import ModelBundle, save_bundle
     from GTVAutoSegLib.models import NetConfig, build_network
     from GTVAutoSegLib.phantom import make_phantom
@@ -65,7 +68,7 @@ def test_inference_runs_with_every_other_package_hidden(tmp_path):
     sitk.WriteImage(ct.to_sitk(), str(tmp_path / "ct.nrrd"))
     c, s = NetConfig("resnet18_classifier"), NetConfig("sanet")  # the shipped model's networks, untrained
     save_bundle(ModelBundle.from_networks(build_network(c), build_network(s), name="deps", version="0", classifier=c,
-                                          segmenter=s, preprocess=PreprocessSpec(size=64), target="PTV70"),
+                                          segmenter=s, preprocess=PreprocessSpec(size=96), target="PTV70"),  # 96: SANet exports at multiples of 48
                 tmp_path / "model.pt", half=True)
     # What Slicer ships counts as it is, not with its wheels' requirements: Slicer builds VTK itself,
     # while the vtk wheel here asks for matplotlib.
@@ -87,11 +90,13 @@ def test_inference_runs_with_every_other_package_hidden(tmp_path):
         sys.exit(main(sys.argv[1:]))
     """)
     proc = subprocess.run([sys.executable, "-c", runner, "segment", str(tmp_path / "ct.nrrd"), "-o", str(tmp_path / "out"),
-                           "--model", str(tmp_path / "model.pt"), "--device", "cpu", "--progress", "lines", "--name", "t"],
+                           "--model", str(tmp_path / "model.pt"), "--device", "cpu", "--progress", "lines", "--name", "t",
+                           "--engine", engine],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "t_report.json").read_text())
     assert report["slices_total"] == 6 and (tmp_path / "out" / "t.seg.nrrd").is_file()
+    assert report["engine"] == engine
 
 
 @pytest.fixture
