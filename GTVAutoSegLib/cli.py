@@ -144,7 +144,7 @@ def _onnx_model(args: argparse.Namespace, path: Path, sha: str | None, listed: b
         return onnxnets.open_onnx(path, sha, export=can_export, use_classifier=use_classifier, note=note)
     except onnxnets.NotExported:
         return None
-    except onnxnets.ExportFailed as exc:  # anything wrong with the bundle itself is raised: torch refuses it too
+    except (onnxnets.ExportFailed, onnxnets.EngineUnavailable) as exc:  # a wrong bundle is raised: torch refuses it too
         note(f"{exc}; running it on torch")
         return None
 

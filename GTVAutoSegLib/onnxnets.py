@@ -137,17 +137,33 @@ class OnnxModel:
 
 
 def make_session(path: Path):
-    """An ONNX Runtime CPU session for one network file, threads as :func:`threads` says."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session for one network file, threads as :func:`threads` says.
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # ORT's own warnings are not the user's business
-    # Idle threads sleep instead of spinning: on a shared CPU a spinning thread waits on a sibling
-    # the OS has descheduled (the reason the CLI sets OMP_WAIT_POLICY=PASSIVE for torch).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    Raises:
+        EngineUnavailable: onnxruntime does not load, or cannot run this file (an older release
+            than the one that exported it, say); ``auto`` then runs torch.
+    """
+    try:
+        import onnxruntime as ort
+    except Exception as exc:  # a broken install raises ImportError, OSError (a missing library), ...
+        raise EngineUnavailable(f"onnxruntime cannot be loaded ({_first_line(exc)})") from None
+    try:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # ORT's own warnings are not the user's business
+        # Idle threads sleep instead of spinning: on a shared CPU a spinning thread waits on a sibling
+        # the OS has descheduled (the reason the CLI sets OMP_WAIT_POLICY=PASSIVE for torch).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types
+        version = getattr(ort, "__version__", "?")
+        reason = _first_line(RuntimeError(str(exc).replace(str(path), path.name)))
+        raise EngineUnavailable(f"ONNX Runtime {version} cannot run {path.name}: {reason}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(" [Caused by")[0][:200]
 
 
 def read_manifest(folder: Path, bundle_sha256: str) -> dict | None:
@@ -238,6 +254,10 @@ class NotExported(GTVError):
 
 class ExportFailed(GTVError):
     """The bundle could not be exported (now or before), or not faithfully, or the cache cannot be written."""
+
+
+class EngineUnavailable(GTVError):
+    """onnxruntime is installed but cannot load, or cannot run an exported file."""
 
 
 # ------------------------------------------------------------------------------------- exporting
@@ -338,9 +358,11 @@ def _export_into(bundle: ModelBundle, sha: str, source: str, out: Path) -> dict:
                                   input_names=["x"], output_names=["logits"],
                                   dynamic_axes={"x": dynamic, "logits": out_dynamic})
             onnx.checker.check_model(str(file))
+        except OSError:
+            raise  # the cache's disk, not the model: nothing is remembered against it
         except Exception as exc:  # the exporter raises many types for an operator it cannot write
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(" [Caused by")[0][:200]
-            raise ExportFailed(f"its {role} ({_cfg_name(bundle, role)}) cannot be exported to ONNX: {first}") from None
+            raise ExportFailed(f"its {role} ({_cfg_name(bundle, role)}) cannot be exported to ONNX: "
+                               f"{_first_line(exc)}") from None
         ort_p = OrtNet(make_session(file)).probabilities(x)
         torch_p = TorchNet(module, torch.device("cpu"), "fp32", spatial).probabilities(x)
         diff = float(np.abs(ort_p - torch_p).max())

@@ -223,3 +223,39 @@ def test_batch_forwards_the_engine_and_its_cases_run_on_it(tmp_path, cache):
     assert main(["segment", str(tmp_path / "cts" / "pt_1.nii.gz"), "-o", str(tmp_path / "torch"), "--model", str(path),
                  "--engine", "torch", "--progress", "none"]) == 0
     assert (tmp_path / "out" / "pt_1.seg.nrrd").read_bytes() == (tmp_path / "torch" / "pt_1.seg.nrrd").read_bytes()
+
+
+def test_an_export_this_onnxruntime_cannot_run_sends_auto_to_torch(tmp_path, cache, capsys):
+    ct, _ = _phantom_with_marker()
+    sitk.WriteImage(ct.to_sitk(), str(tmp_path / "pt.nii.gz"))
+    path = _saved(tmp_path)
+    folder = onnxnets.open_onnx(path).folder
+    (folder / "segmenter.onnx").write_bytes(b"not a model this runtime reads")  # as from a newer exporter
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["nets"]["segmenter"].update(bytes=30, sha256=onnxnets.sha256_file(folder / "segmenter.onnx"))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(onnxnets.EngineUnavailable, match="cannot run segmenter.onnx"):
+        onnxnets.open_onnx(path)
+    assert main(["segment", str(tmp_path / "pt.nii.gz"), "-o", str(tmp_path / "o"), "--model", str(path),
+                 "--device", "cpu", "--progress", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "cannot run segmenter.onnx: " in err and err.strip().endswith("running it on torch")
+    assert len(err.strip().splitlines()) == 1
+    assert json.loads((tmp_path / "o" / "pt_report.json").read_text())["engine"] == "torch"
+
+
+def test_a_full_disk_during_the_export_is_not_held_against_the_model(tmp_path, cache, monkeypatch):
+    import errno
+
+    path = _saved(tmp_path)
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnxnets, "_export_into", full)
+    with pytest.raises(onnxnets.ExportFailed, match="cannot write the ONNX cache .*No space left"):
+        onnxnets.open_onnx(path)
+    assert not list((cache / "onnx").glob("*unsupported*")) and not list((cache / "onnx").glob(".*.tmp"))
+    monkeypatch.undo()
+    monkeypatch.setenv("GTVAUTOSEG_CACHE", str(cache))
+    assert onnxnets.open_onnx(path).segmenter is not None  # tried again, and made
