@@ -18,6 +18,7 @@ from pathlib import Path
 from .device import DEVICE_HELP, ENGINE_HELP, ENGINES, PRECISION_HELP, PRECISIONS
 from .errors import Cancelled, GTVError
 from .filetypes import image_suffix, strip_image_suffix
+from .native import python_stderr_apart
 from .outputs import DEFAULT_FORMATS, DICOM_FORMATS, OUTPUT_FORMATS, Terminated, parse_formats, terminate_as_interrupt
 
 GENERIC_STEMS = {"ct", "image", "data", "imaging", "volume", "img"}
@@ -540,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     from .device import passive_cpu_threads
 
     passive_cpu_threads()  # before anything imports torch
-    with terminate_as_interrupt():
+    with python_stderr_apart(), terminate_as_interrupt():
         try:
             return _main(argv)
         except Terminated:

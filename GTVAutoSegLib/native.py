@@ -82,3 +82,32 @@ def quiet_stderr(what: str = "native code") -> Iterator[None]:
                 logger.debug("%s wrote to stderr: %s", what, text)
         with _lock:
             _depth -= 1
+
+
+@contextlib.contextmanager
+def python_stderr_apart() -> Iterator[None]:
+    """Python's ``sys.stderr`` on a duplicate of file descriptor 2 for the block, so that what we
+    print (errors, warnings, progress) reaches the terminal even while another thread has fd 2
+    itself redirected by :func:`quiet_stderr` (a CT read ahead while the model loads, the next case
+    of a batch read while this one's error is printed). Native code still writes fd 2 and is
+    caught. Nothing changes when ``sys.stderr`` is not fd 2 (a test's capture, a GUI)."""
+    old = sys.stderr
+    try:
+        fd = old.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd != 2:
+        yield
+        return
+    old.flush()
+    new = os.fdopen(os.dup(2), "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
+                    errors=getattr(old, "errors", None) or "backslashreplace")
+    sys.stderr = new
+    try:
+        yield
+    finally:
+        try:
+            new.flush()
+        finally:
+            sys.stderr = old
+            new.close()

@@ -31,3 +31,28 @@ def test_what_native_code_writes_is_caught_and_a_line_said_meanwhile_reaches_the
     """)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == ["gtvautoseg: a note", "after"]
+
+
+def test_the_clis_own_lines_are_not_caught_with_native_chatter():
+    # What the CLI prints (an error while the next CT is read in a thread, a warning) goes to the
+    # terminal; what native code writes to fd 2 meanwhile is still caught.
+    done = _run("""
+        import os, sys, threading
+        from GTVAutoSegLib.native import python_stderr_apart, quiet_stderr
+        inside, said = threading.Event(), threading.Event()
+        def reader():
+            with quiet_stderr("ITK"):
+                inside.set()
+                os.write(2, b"ITK chatter\\n")
+                said.wait(10)
+        with python_stderr_apart():
+            t = threading.Thread(target=reader)
+            t.start()
+            inside.wait(10)
+            print("gtvautoseg: error: one line", file=sys.stderr, flush=True)
+            said.set()
+            t.join()
+        print("after", file=sys.stderr)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["gtvautoseg: error: one line", "after"]
