@@ -128,9 +128,9 @@ def _onnx_model(args: argparse.Namespace, path: Path, sha: str | None, listed: b
     engine = getattr(args, "engine", "auto")
     if engine == "torch":
         return None
-    from .native import say
-
-    note = (lambda message: say(f"gtvautoseg: {message}"))
+    # sys.stderr is a duplicate of fd 2 under main() (native.python_stderr_apart): a read-ahead
+    # thread's redirection of fd 2 does not swallow the line
+    note = (lambda message: print(f"gtvautoseg: {message}", file=sys.stderr, flush=True))
     use_classifier = not args.no_classifier
     if engine == "onnx":
         if not onnxnets.runtime_available():
@@ -386,14 +386,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for e in list_models():
             print(f"{e.name}@{e.version}{' (default)' if e.default else ''}  {e.file}  sha256={e.sha256[:12]}  {e.title}")
         return 0
+    from .bundle import sha256_file
+    from .onnxnets import cache_folder, read_manifest, unsupported_reason
+
     path, sha, entry = resolve_model(args.model)
     bundle = load_bundle(path, expected_sha256=sha)
     meta = bundle.meta()
     meta["file"] = str(path)
-    meta["parameters"] = {
-        "classifier": count_parameters(build_network(bundle.classifier)),
-        "segmenter": count_parameters(build_network(bundle.segmenter)),
-    }
+    # every network the model has (0.2.0 has no classifier, 0.1.0 no locator)
+    meta["parameters"] = {role: count_parameters(build_network(cfg)) for role in ("classifier", "segmenter", "locator")
+                          if (cfg := getattr(bundle, role)) is not None}
+    folder = cache_folder(sha or sha256_file(path))
+    reason = unsupported_reason(folder)
+    state = ("exported" if read_manifest(folder, folder.name) is not None else
+             f"cannot be exported: {reason}" if reason else "not exported yet (the first --engine onnx run exports it)")
+    meta["onnx_export"] = {"folder": str(folder), "state": state}
     if entry is not None and entry.card:
         meta["model_card"] = entry.card
     print(json.dumps(meta, indent=2))

@@ -21,20 +21,6 @@ logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _depth = 0
-_real_stderr: int | None = None  # the terminal's descriptor while fd 2 is redirected
-
-
-def say(line: str) -> None:
-    """One line for the user on stderr, also while another thread has fd 2 redirected (a CT read
-    ahead while the model loads would otherwise swallow it into its sink)."""
-    with _lock:
-        if _real_stderr is not None:
-            try:
-                os.write(_real_stderr, (line.rstrip("\n") + "\n").encode("utf-8", "replace"))
-                return
-            except OSError:
-                pass
-    print(line, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -45,7 +31,7 @@ def quiet_stderr(what: str = "native code") -> Iterator[None]:
     swallowed. If the descriptor cannot be redirected (no fd 2, as under some GUIs), the block runs
     unchanged.
     """
-    global _depth, _real_stderr
+    global _depth
     with _lock:
         _depth += 1
         outer = _depth == 1
@@ -62,17 +48,13 @@ def quiet_stderr(what: str = "native code") -> Iterator[None]:
             sys.stderr.flush()
             saved = os.dup(2)
             sink = tempfile.TemporaryFile()
-            with _lock:
-                os.dup2(sink.fileno(), 2)
-                _real_stderr = saved
+            os.dup2(sink.fileno(), 2)
         except (OSError, ValueError, AttributeError):
             saved = None
         yield
     finally:
         if saved is not None:
-            with _lock:
-                os.dup2(saved, 2)
-                _real_stderr = None
+            os.dup2(saved, 2)
             os.close(saved)
         if sink is not None:
             sink.seek(0)

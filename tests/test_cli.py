@@ -163,6 +163,16 @@ def test_info_describes_a_model(case, capsys):
     assert main(["info", str(model)]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["name"] == "fake" and meta["preprocess"]["size"] == 64 and "parameters" in meta
+    assert meta["onnx_export"]["state"].startswith("not exported yet")
+
+
+@pytest.mark.parametrize("model,networks", [(None, {"segmenter", "locator"}),
+                                            ("hcf-openkbp-ptv70@0.1.0", {"classifier", "segmenter"})])
+def test_info_describes_the_shipped_models_whatever_networks_they_have(capsys, model, networks):
+    # 0.2.0 has no classifier: info once died on it with a traceback
+    assert main(["info", *([model] if model else [])]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert set(meta["parameters"]) == networks and all(v > 1_000_000 for v in meta["parameters"].values())
 
 
 def test_case_names(tmp_path):

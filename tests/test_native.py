@@ -9,30 +9,6 @@ def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60)
 
 
-def test_what_native_code_writes_is_caught_and_a_line_said_meanwhile_reaches_the_terminal():
-    # A CT read ahead in a thread holds fd 2 redirected while the main thread tells the user
-    # something (the ONNX export's note): the note must not vanish into the thread's sink.
-    done = _run("""
-        import os, threading
-        from GTVAutoSegLib.native import quiet_stderr, say
-        inside, said = threading.Event(), threading.Event()
-        def reader():
-            with quiet_stderr("ITK"):
-                os.write(2, b"ITK chatter\\n")
-                inside.set()
-                said.wait(10)
-        t = threading.Thread(target=reader)
-        t.start()
-        inside.wait(10)
-        say("gtvautoseg: a note")
-        said.set()
-        t.join()
-        os.write(2, b"after\\n")
-    """)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines() == ["gtvautoseg: a note", "after"]
-
-
 def test_the_clis_own_lines_are_not_caught_with_native_chatter():
     # What the CLI prints (an error while the next CT is read in a thread, a warning) goes to the
     # terminal; what native code writes to fd 2 meanwhile is still caught.
