@@ -60,12 +60,15 @@ def main() -> None:
         ray_start = time.perf_counter() - t
         def serial_on(threads):
             def run(o):
-                before = torch.get_num_threads()
+                # torch's threads, and ONNX Runtime's (its sessions read OMP_NUM_THREADS when made)
+                before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
                 torch.set_num_threads(threads)
+                os.environ["OMP_NUM_THREADS"] = str(threads)
                 try:
                     return run_serial(cases, names, o, flags, lambda row: None, SegmentCommand)
                 finally:
                     torch.set_num_threads(before)
+                    os.environ.pop("OMP_NUM_THREADS") if env is None else os.environ.update(OMP_NUM_THREADS=env)
             return run
 
         # Ray gives each 1-CPU worker 1 thread (OMP_NUM_THREADS=1); serial runs on both cores, or on one.
