@@ -407,6 +407,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    """Export a model for ONNX Runtime now (a cluster's shared cache, a read-only home later)."""
+    from . import onnxnets
+    from .bundle import resolve_model
+    from .catalog import prefetch
+
+    if not onnxnets.runtime_available():
+        raise GTVError("exporting for ONNX Runtime needs onnxruntime and onnx (pip install 'gtvautoseg[onnx]')")
+    prefetch(args.model)
+    path, sha, _ = resolve_model(args.model)
+    model = onnxnets.open_onnx(path, sha, export=True,
+                               note=lambda message: print(f"gtvautoseg: {message}", file=sys.stderr, flush=True))
+    print(f"{model.bundle.name} {model.bundle.version}: ONNX export in {model.folder}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from GTVAutoSegWeb.server import serve  # trame and slicer-core only for this command
 
@@ -491,6 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?", default=None, help="model name or bundle path (default: the default model)")
     i.add_argument("--list", action="store_true", help="list the models in Resources/Models.json")
     i.set_defaults(func=_cmd_info)
+
+    x = sub.add_parser("export-onnx", help="export a model for ONNX Runtime into the cache now",
+                       description="Export a model's networks for --engine onnx into the cache ($GTVAUTOSEG_CACHE, else "
+                                   "~/.cache/gtvautoseg) now instead of on first use: for a cluster's shared cache or "
+                                   "a machine whose home is read-only at run time. Checked against torch; an existing "
+                                   "intact export is kept.")
+    x.add_argument("model", nargs="?", default=None, help="model name or bundle path (default: the default model)")
+    x.set_defaults(func=_cmd_export_onnx)
 
     w = sub.add_parser("serve", help="the web app (3D Slicer views in the browser)",
                        description="Serve the GTVAutoSeg web app: load a CT, segment, review and correct, save.")

@@ -259,3 +259,13 @@ def test_a_full_disk_during_the_export_is_not_held_against_the_model(tmp_path, c
     monkeypatch.undo()
     monkeypatch.setenv("GTVAUTOSEG_CACHE", str(cache))
     assert onnxnets.open_onnx(path).segmenter is not None  # tried again, and made
+
+
+def test_export_onnx_prepares_the_cache_that_auto_then_uses(tmp_path, cache, capsys):
+    path = _saved(tmp_path)
+    assert main(["export-onnx", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ONNX export in" in out and (cache / "onnx" / onnxnets.sha256_file(path) / "manifest.json").is_file()
+    assert main(["export-onnx", str(path)]) == 0  # an intact export is kept, not made again
+    assert "exporting" not in capsys.readouterr().err
+    assert main(["export-onnx", str(tmp_path / "missing.pt")]) == 2
