@@ -277,8 +277,9 @@ def _example_shape(bundle: ModelBundle, role: str, depth: int | None) -> tuple[i
 def export_bundle(path: Path, sha: str, folder: Path, expected_sha256: str | None = None) -> dict:
     """Export the bundle's networks into ``folder`` (complete or not at all) and return the manifest.
 
-    Each network is exported (TorchScript exporter, opset ``OPSET``; batch and, for the 2D and
-    windowed 3D networks, in-plane size dynamic), then run by ONNX Runtime and by torch on the same
+    Each network is exported (TorchScript exporter, opset ``OPSET``; the batch dynamic, and the
+    in-plane size too for the 2D and windowed 3D networks of a "spacing"-mode model, whose
+    model-space side varies per CT), then run by ONNX Runtime and by torch on the same
     seeded input; the export is kept only if their class-1 probabilities agree within
     ``EXPORT_TOLERANCE``. A failure is written down beside the folder (``auto`` then uses torch
     without trying again) and raised.
