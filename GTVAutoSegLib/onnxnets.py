@@ -177,8 +177,8 @@ def read_manifest(folder: Path, bundle_sha256: str) -> dict | None:
             manifest.get("format_version") != FORMAT_VERSION or manifest.get("bundle_sha256") != bundle_sha256:
         return None
     nets = manifest.get("nets")
-    if not isinstance(nets, dict) or "segmenter" not in nets:
-        return None
+    if not isinstance(nets, dict) or "segmenter" not in nets or manifest.get("meta_sha256") != _meta_sha256(manifest.get("meta")):
+        return None  # the description (threshold, preprocessing...) changed since the export: made again
     for entry in nets.values():
         try:
             path = folder / entry["file"]
@@ -372,8 +372,9 @@ def _export_into(bundle: ModelBundle, sha: str, source: str, out: Path) -> dict:
                            f"(more than {EXPORT_TOLERANCE:g})")
         nets[role] = {"file": file.name, "bytes": file.stat().st_size, "sha256": sha256_file(file),
                       "test_input": list(shape), "max_abs_diff": diff}
+    meta = bundle.meta()
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "bundle_sha256": sha, "bundle_file": source,
-                "meta": bundle.meta(), "segmenter_depth": depth, "nets": nets, "opset": OPSET,
+                "meta": meta, "meta_sha256": _meta_sha256(meta), "segmenter_depth": depth, "nets": nets, "opset": OPSET,
                 "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
                                   "python": sys.version.split()[0]}}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -398,6 +399,12 @@ def quiet_output():
                 os.dup2(saved, 1)
     finally:
         os.close(saved)
+
+
+def _meta_sha256(meta) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def _cfg_name(bundle: ModelBundle, role: str) -> str:

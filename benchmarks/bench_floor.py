@@ -26,6 +26,7 @@ import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ def record_onnx_inputs(seg: Segmenter) -> tuple[list, list]:
             return original(x)
 
         net.probabilities = spy
-        restore.append(lambda net=net: delattr(net, "probabilities"))
+        restore.append(SimpleNamespace(remove=lambda net=net: delattr(net, "probabilities")))  # like a hook handle
     return calls, restore
 
 
@@ -248,7 +249,7 @@ def main() -> None:
                 with torch.inference_mode():
                     seg(io.read_ct(src), selection=selection)
                 for h in handles:
-                    h() if callable(h) else h.remove()
+                    h.remove()
                 e2e = end_to_end(seg, src, Path(tmp) / "out.seg.nrrd", selection, args.repeats)
                 floor, per = replay(calls, False, args.repeats)
                 floor_bf16 = replay(calls, True, args.repeats)[0] if args.engine == "torch" else float("nan")

@@ -84,6 +84,11 @@ def test_the_export_is_made_once_and_checked_on_every_use(tmp_path, cache, monke
     seg.write_bytes(bytes(data))
     onnxnets.open_onnx(path)
     assert len(calls) == 1  # a changed file is never run: exported again
+    manifest = json.loads((first.folder / "manifest.json").read_text())
+    manifest["meta"]["threshold"] = 0.01  # an edited description would change every contour
+    (first.folder / "manifest.json").write_text(json.dumps(manifest))
+    assert onnxnets.open_onnx(path).bundle.threshold == 0.5
+    assert len(calls) == 2  # not trusted: exported again
     seg.write_bytes(b"x")
     with pytest.raises(onnxnets.NotExported):
         onnxnets.open_onnx(path, export=False)
