@@ -186,6 +186,24 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def check_bundle_file(path: Path, expected_sha256: str | None = None, want_sha256: bool = False) -> str | None:
+    """Refuse a model path that is missing, not a plain file, or (with ``expected_sha256``, a
+    listed model's) not the file Models.json names. Returns the file's SHA-256 when it was computed
+    (``expected_sha256`` given, or ``want_sha256``), else None."""
+    if not path.exists():
+        raise GTVError(f"model file not found: {path}")
+    check_input_path(path, "model file")  # a FIFO would block, a folder is no bundle
+    if not path.is_file():
+        raise GTVError(f"model {path} is a folder, not a bundle file")
+    if expected_sha256 is None and not want_sha256:
+        return None
+    sha = sha256_file(path)
+    if expected_sha256 is not None and sha != expected_sha256.lower():
+        raise GTVError(f"model file {path.name} does not match its SHA-256 in Models.json (tampered or "
+                       "incomplete download); refusing to load it")
+    return sha
+
+
 def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBundle:
     """Read a bundle file, refusing anything that is not exactly one.
 
@@ -194,14 +212,7 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> ModelBu
             file that is not a GTVAutoSeg bundle.
     """
     path = Path(path)
-    if not path.exists():
-        raise GTVError(f"model file not found: {path}")
-    check_input_path(path, "model file")  # a FIFO would block, a folder is no bundle
-    if not path.is_file():
-        raise GTVError(f"model {path} is a folder, not a bundle file")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256.lower():
-        raise GTVError(f"model file {path.name} does not match its SHA-256 in Models.json (tampered or "
-                       "incomplete download); refusing to load it")
+    check_bundle_file(path, expected_sha256)
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is no bundle
         raise GTVError(f"{path.name} is not a GTVAutoSeg model bundle (not a torch archive; truncated download?)")
     import torch

@@ -66,8 +66,7 @@ class CombineSpec:
             raise GTVError(f"combine gate must be one of {', '.join(GATES)}, got {self.gate!r}")
         if self.gate in ("classifier", "both") and not has_classifier:
             raise GTVError(f"combine gate {self.gate!r} needs a slice classifier, and this model has none")
-        uses_locator = self.gate in ("locator", "both") or self.locator_weight > 0 or self.region_margin_mm >= 0
-        if uses_locator and not has_locator:
+        if self.uses_locator() and not has_locator:
             raise GTVError("this combination needs a 3D locator, and the model has none")
         if not 0.0 <= self.locator_threshold <= 1.0 or not 0.0 <= self.locator_weight <= 1.0:
             raise GTVError("combine locator_threshold and locator_weight must lie in [0, 1]")
@@ -76,6 +75,12 @@ class CombineSpec:
         if not isinstance(self.tta_flip, bool):
             raise GTVError(f"combine tta_flip must be true or false, got {self.tta_flip!r}")
         return self
+
+    def uses_locator(self, gate: str | None = None) -> bool:
+        """Whether this combination needs the locator's output (with ``gate``, the gate a call
+        uses instead of the spec's: ``none`` when no slice is gated out)."""
+        gate = self.gate if gate is None else gate
+        return gate in ("locator", "both") or self.locator_weight > 0 or self.region_margin_mm >= 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -290,9 +295,7 @@ class Cascade:
         return out
 
     def _uses_locator(self, gate: str) -> bool:
-        c = self.combine
-        return self.locator is not None and (gate in ("locator", "both") or c.locator_weight > 0
-                                             or c.region_margin_mm >= 0)
+        return self.locator is not None and self.combine.uses_locator(gate)
 
     def __call__(self, slices: np.ndarray, threshold: float, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None, use_classifier: bool = True,

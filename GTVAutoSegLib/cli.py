@@ -115,6 +115,13 @@ def open_segmenter(args: argparse.Namespace):
                      postprocess=post, precision=args.precision, nets=nets)
 
 
+def _note(message: str) -> None:
+    """A line for the user that is neither an error nor a result (the ONNX export). sys.stderr is a
+    duplicate of fd 2 under main() (native.python_stderr_apart): a read-ahead thread's redirection
+    of fd 2 does not swallow it."""
+    print(f"gtvautoseg: {message}", file=sys.stderr, flush=True)
+
+
 def _onnx_model(args: argparse.Namespace, path: Path, sha: str | None, listed: bool):
     """The model under ONNX Runtime (``onnxnets.OnnxModel``) when ``--engine`` asks for it, or
     None for torch.
@@ -128,25 +135,22 @@ def _onnx_model(args: argparse.Namespace, path: Path, sha: str | None, listed: b
     engine = getattr(args, "engine", "auto")
     if engine == "torch":
         return None
-    # sys.stderr is a duplicate of fd 2 under main() (native.python_stderr_apart): a read-ahead
-    # thread's redirection of fd 2 does not swallow the line
-    note = (lambda message: print(f"gtvautoseg: {message}", file=sys.stderr, flush=True))
     use_classifier = not args.no_classifier
     if engine == "onnx":
         if not onnxnets.runtime_available():
             raise GTVError("--engine onnx needs onnxruntime (pip install onnxruntime onnx)")
         onnxnets.OnnxModel.check_run_options(args.device, args.precision)
-        return onnxnets.open_onnx(path, sha, export=True, use_classifier=use_classifier, note=note)
+        return onnxnets.open_onnx(path, sha, export=True, use_classifier=use_classifier, note=_note)
     cpu = args.device == "cpu" or (args.device == "auto" and not onnxnets.nvidia_driver_visible())
     if not (cpu and args.precision in ("auto", "fp32") and onnxnets.runtime_available()):
         return None
     can_export = listed and onnxnets.exporter_available()
     try:
-        return onnxnets.open_onnx(path, sha, export=can_export, use_classifier=use_classifier, note=note)
+        return onnxnets.open_onnx(path, sha, export=can_export, use_classifier=use_classifier, note=_note)
     except onnxnets.NotExported:
         return None
     except (onnxnets.ExportFailed, onnxnets.EngineUnavailable) as exc:  # a wrong bundle is raised: torch refuses it too
-        note(f"{exc}; running it on torch")
+        _note(f"{exc}; running it on torch")
         return None
 
 
@@ -417,8 +421,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
         raise GTVError("exporting for ONNX Runtime needs onnxruntime and onnx (pip install 'gtvautoseg[onnx]')")
     prefetch(args.model)
     path, sha, _ = resolve_model(args.model)
-    model = onnxnets.open_onnx(path, sha, export=True,
-                               note=lambda message: print(f"gtvautoseg: {message}", file=sys.stderr, flush=True))
+    model = onnxnets.open_onnx(path, sha, export=True, note=_note)
     print(f"{model.bundle.name} {model.bundle.version}: ONNX export in {model.folder}")
     return 0
 

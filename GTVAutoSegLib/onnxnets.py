@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import ModelBundle, bundle_from_meta, sha256_file
+from .bundle import ModelBundle, bundle_from_meta, check_bundle_file, sha256_file
 from .device import check_device_name
 from .errors import GTVError
-from .inputcheck import check_input_path
 
 MANIFEST = "manifest.json"
 UNSUPPORTED = "unsupported.json"
@@ -225,15 +224,7 @@ def open_onnx(path: str | Path, expected_sha256: str | None = None, export: bool
         GTVError: missing, tampered or damaged bundle; an export that failed or is not faithful.
     """
     path = Path(path)
-    if not path.exists():
-        raise GTVError(f"model file not found: {path}")
-    check_input_path(path, "model file")
-    if not path.is_file():
-        raise GTVError(f"model {path} is a folder, not a bundle file")
-    sha = sha256_file(path)
-    if expected_sha256 is not None and sha != expected_sha256.lower():
-        raise GTVError(f"model file {path.name} does not match its SHA-256 in Models.json (tampered or "
-                       "incomplete download); refusing to load it")
+    sha = check_bundle_file(path, expected_sha256, want_sha256=True)
     folder = cache_folder(sha)
     manifest = read_manifest(folder, sha)
     if manifest is None:

@@ -108,7 +108,7 @@ class Segmenter:
         self.use_classifier = use_classifier
         self.postprocess = postprocess or bundle.postprocess
         combine = combine or bundle.combine
-        needs_locator = combine.gate in ("locator", "both") or combine.locator_weight > 0 or combine.region_margin_mm >= 0
+        needs_locator = combine.uses_locator()
         if nets is None:
             from .models import network_kind, resolve_config
 
