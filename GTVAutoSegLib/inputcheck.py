@@ -135,8 +135,11 @@ class StoredBytes:
     big-endian or scaled voxels, trailing data, a multi-member stream) the full check decides.
     """
 
-    def __init__(self, path: Path, gzipped: bool, data_start: int, prefix_len: int):
+    def __init__(self, path: Path, gzipped: bool, data_start: int, prefix_len: int, dtype: np.dtype | None = None):
         self.path, self.gzipped, self.data_start, self.prefix_len = path, gzipped, data_start, prefix_len
+        # The voxels' type when the file stores them as ITK returns them (little-endian or one byte,
+        # no scaling): then inflating the stream is reading the image. None: ITK may change them.
+        self.dtype = dtype
 
     @classmethod
     def of(cls, path: Path) -> "StoredBytes | None":
@@ -158,10 +161,15 @@ class StoredBytes:
                     return None
                 if int(np.frombuffer(head, "<i2", 1, 254)[0]) > 0:
                     _check_sform(path, np.frombuffer(head, "<f4", 12, 280).reshape(3, 4).astype(float))
-                return cls(path, gz, 0 if gz else int(offset), int(offset))
+                slope, inter = (float(v) for v in np.frombuffer(head, "<f4", 2, 112))
+                unscaled = slope == 0.0 or (slope == 1.0 and inter == 0.0)
+                dtype = _NIFTI_DTYPES.get(int(np.frombuffer(head, "<i2", 1, 70)[0])) if unscaled else None
+                return cls(path, gz, 0 if gz else int(offset), int(offset), dtype)
             if name.endswith(".nrrd"):
-                start = _attached_gzip_nrrd_start(path)
-                return None if start is None else cls(path, True, start, 0)
+                found = _attached_nrrd(path)
+                if found is None or found[1].get("encoding") not in ("gzip", "gz", "raw"):
+                    return None
+                return cls(path, found[1]["encoding"] != "raw", found[0], 0, _nrrd_dtype(found[1]))
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile):
             return None
         return None
@@ -191,8 +199,47 @@ class StoredBytes:
 _NIFTI1_HEADER = 352  # 348 bytes and the 4-byte extension flag
 
 
+# NIfTI-1 datatype codes of scalar voxels
+_NIFTI_DTYPES = {2: np.dtype("u1"), 4: np.dtype("<i2"), 8: np.dtype("<i4"), 16: np.dtype("<f4"), 64: np.dtype("<f8"),
+                 256: np.dtype("i1"), 512: np.dtype("<u2"), 768: np.dtype("<u4"), 1024: np.dtype("<i8"),
+                 1280: np.dtype("<u8")}
+# NRRD's type names (teem's list, every spelling) -> numpy
+_NRRD_TYPES = {
+    **dict.fromkeys(("signed char", "int8", "int8_t"), "i1"),
+    **dict.fromkeys(("uchar", "unsigned char", "uint8", "uint8_t"), "u1"),
+    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t"), "i2"),
+    **dict.fromkeys(("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), "u2"),
+    **dict.fromkeys(("int", "signed int", "int32", "int32_t"), "i4"),
+    **dict.fromkeys(("uint", "unsigned int", "uint32", "uint32_t"), "u4"),
+    **dict.fromkeys(("longlong", "long long", "long long int", "signed long long", "signed long long int",
+                     "int64", "int64_t"), "i8"),
+    **dict.fromkeys(("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"), "u8"),
+    "float": "f4", "double": "f8",
+}
+
+
+def _nrrd_dtype(fields: dict[str, str]) -> np.dtype | None:
+    """The voxels' numpy type when ITK returns them as stored (little-endian or one byte, no byte or
+    line skip); else None."""
+    code = _NRRD_TYPES.get(" ".join(fields.get("type", "").split()))
+    if code is None or "byte skip" in fields or "byteskip" in fields or "line skip" in fields \
+            or "lineskip" in fields:
+        return None
+    dtype = np.dtype(code)
+    if dtype.itemsize > 1 and fields.get("endian") != "little":
+        return None
+    return dtype.newbyteorder("<")
+
+
 def _attached_gzip_nrrd_start(path: Path) -> int | None:
     """Byte offset of the gzip stream of an attached-header, gzip-encoded NRRD; else None."""
+    found = _attached_nrrd(path)
+    return None if found is None or found[1].get("encoding") not in ("gzip", "gz") else found[0]
+
+
+def _attached_nrrd(path: Path) -> tuple[int, dict[str, str]] | None:
+    """Byte offset of the data of an attached-header NRRD and its header fields (keys and values
+    lower case); else None."""
     with open(path, "rb") as f:
         head = f.read(1 << 16)
     end = min((i for i in (head.find(b"\n\n"), head.find(b"\r\n\r\n")) if i >= 0), default=-1)
@@ -203,9 +250,9 @@ def _attached_gzip_nrrd_start(path: Path) -> int | None:
         key, sep, value = line.partition(":")
         if sep and not line.startswith("#"):
             fields[key.strip().lower()] = value.strip().lower()
-    if fields.get("encoding") not in ("gzip", "gz") or "data file" in fields or "datafile" in fields:
+    if "data file" in fields or "datafile" in fields:
         return None
-    return end + (2 if head[end:end + 2] == b"\n\n" else 4)
+    return end + (2 if head[end:end + 2] == b"\n\n" else 4), fields
 
 
 def check_nrrd(path: Path) -> None:

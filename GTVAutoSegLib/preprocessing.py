@@ -332,6 +332,16 @@ def _largest_component(mask: np.ndarray) -> np.ndarray | None:
     if isinstance(sitk, MissingModule):
         return _largest_component_scipy(mask)
     labels = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), False)
+    # Most often one component (the body) holds most of the voxels: the commonest label of the slice
+    # with the most voxels, proved the largest by holding more than half (no other can tie or beat
+    # it). 3 ms for lung2's body seed instead of sorting all components by size (17 ms).
+    view = sitk.GetArrayViewFromImage(labels)
+    total = int(np.count_nonzero(mask))
+    per_slice = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+    densest = view[int(np.argmax(per_slice))].ravel()
+    guess = int(np.argmax(np.bincount(densest[densest != 0])))
+    if guess and 2 * int(np.count_nonzero(view == guess)) > total:
+        return view == guess
     by_size = sitk.RelabelComponentImageFilter()  # label 1: the largest
     largest = by_size.Execute(labels)
     sizes = by_size.GetSizeOfObjectsInPixels()
@@ -493,6 +503,27 @@ def apply_window(array: np.ndarray, window: tuple[float, float], out: np.ndarray
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+# Slices windowed and resized at a time by the numpy resizer: a few MB, so that the windowed slices
+# are still in the cache when they are resized.
+_CHUNK_BYTES = 4 << 20
+
+
+def _window_resized(crop: np.ndarray, window, hw: tuple[int, int], pad) -> np.ndarray:
+    """``_resize(zero-padded apply_window(crop), hw, "linear", "numpy")`` a few slices at a time,
+    without the padded full-resolution float32 stack (lung2: 64 MB written and read again): the
+    padding's matrix columns are left out (``resample.resize``'s ``pad``)."""
+    from .resample import resize
+
+    z, h, w = crop.shape
+    step = max(1, _CHUNK_BYTES // max(1, h * w * 4))
+    out = np.empty((z, *hw), np.float32)
+    buf = np.empty((min(step, z), h, w), np.float32)
+    for z0 in range(0, z, step):
+        z1 = min(z, z0 + step)
+        out[z0:z1] = resize(apply_window(crop[z0:z1], window, out=buf[: z1 - z0]), hw, "linear", True, pad=pad)
+    return out
+
+
 def prepare(image: Image, spec: PreprocessSpec, resizer: str = "torch") -> tuple[np.ndarray, PrepState]:
     """CT -> model-space axial slices.
 
@@ -532,10 +563,14 @@ def prepare(image: Image, spec: PreprocessSpec, resizer: str = "torch") -> tuple
         resized=resized,
         pad_out=pad_out,
     )
-    t, b, l, r = pad_square  # windowed straight into the zero-padded buffer (0 is air after windowing)
-    padded = np.zeros((lps.shape[0], y1 - y0 + t + b, x1 - x0 + l + r), np.float32)
-    apply_window(lps[:, y0:y1, x0:x1], spec.window, out=padded[:, t : t + y1 - y0, l : l + x1 - x0])
-    stack = np.ascontiguousarray(_pad(_resize(padded, state.resized, "linear", resizer), state.pad_out))
+    t, b, l, r = pad_square
+    if resizer == "numpy":
+        stack = _window_resized(lps[:, y0:y1, x0:x1], spec.window, state.resized, ((t, b), (l, r)))
+    else:  # windowed straight into the zero-padded buffer (0 is air after windowing)
+        padded = np.zeros((lps.shape[0], y1 - y0 + t + b, x1 - x0 + l + r), np.float32)
+        apply_window(lps[:, y0:y1, x0:x1], spec.window, out=padded[:, t : t + y1 - y0, l : l + x1 - x0])
+        stack = _resize(padded, state.resized, "linear", resizer)
+    stack = np.ascontiguousarray(_pad(stack, state.pad_out))
     # the antialiasing filter's weights sum to 1 only up to rounding: 1.0000001 would break [0, 1]
     return np.clip(stack, 0.0, 1.0, out=stack), state
 

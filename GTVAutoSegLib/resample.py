@@ -90,23 +90,32 @@ def _along_matmul(array: np.ndarray, axis: int, m: np.ndarray) -> np.ndarray:
     return np.matmul(m, array.reshape(lead, shape[axis], rest)).reshape(*shape[:axis], m.shape[0], *shape[axis + 1:])
 
 
-def resize(array: np.ndarray, shape: tuple[int, ...], mode: str = "linear", antialias: bool = True) -> np.ndarray:
+def resize(array: np.ndarray, shape: tuple[int, ...], mode: str = "linear", antialias: bool = True,
+           pad: tuple[tuple[int, int], ...] | None = None) -> np.ndarray:
     """Resize the last ``len(shape)`` axes of ``array`` to ``shape``; float32 out.
 
     ``mode``: ``linear`` (with or without ``antialias``; finite input: a product with the zero
     weights would spread an infinity) or ``nearest`` (exact: values are copied, never multiplied).
+    ``pad``: ``(before, after)`` per resized axis (``linear`` only): resize ``array`` as if it were
+    zero-padded so, without building the padded array (the padding's columns of each axis's matrix
+    are left out: they would multiply zeros).
     The axis that shrinks most goes first, so later products have less to do.
     """
     if mode not in ("linear", "nearest"):
         raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
     out = np.asarray(array, dtype=np.float32)
     first = out.ndim - len(shape)
-    for k in sorted(range(len(shape)), key=lambda k: int(shape[k]) / max(out.shape[first + k], 1)):
-        axis, n = first + k, int(shape[k])
-        if out.shape[axis] == n:
+    pad = tuple(pad) if pad is not None else ((0, 0),) * len(shape)
+    if len(pad) != len(shape) or (mode == "nearest" and any(any(p) for p in pad)):
+        raise ValueError(f"pad must give (before, after) for each of {len(shape)} axes, linear mode only; got {pad}")
+    padded = [out.shape[first + k] + sum(pad[k]) for k in range(len(shape))]
+    for k in sorted(range(len(shape)), key=lambda k: int(shape[k]) / max(padded[k], 1)):
+        axis, n, (before, after) = first + k, int(shape[k]), pad[k]
+        if padded[k] == n and not before and not after:
             continue
         if mode == "nearest":
             out = _along(out, axis, _taps(out.shape[axis], n, mode, antialias))
         else:
-            out = _along_matmul(out, axis, _matrix(out.shape[axis], n, mode, antialias))
+            m = _matrix(padded[k], n, mode, antialias)
+            out = _along_matmul(out, axis, m[:, before:padded[k] - after] if before or after else m)
     return np.ascontiguousarray(out)

@@ -257,7 +257,7 @@ def main() -> None:
             print(f"| {label} | {e2e:.3f} s | {floor:.3f} s | {floor_bf16:.3f} s | {e2e / floor:.2f} | "
                   f"{floor_bf16 / floor:.2f} | {nets} | {w.others:.0%} |")
 
-        if args.ct:
+        if args.ct and args.cold_repeats:
             src = Path(args.ct[0])
             engines = ["torch", "onnx"] if args.engine == "onnx" else [None]
             trees = [(f"this tree{f', --engine {e}' if e else ''}", None, e) for e in engines]

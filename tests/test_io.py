@@ -416,7 +416,7 @@ def test_sheared_grid_is_never_written_off_grid(tmp_path):
 
 
 def _half_write_then_fail(file, *args, **kwargs):
-    """Stands in for ``nrrd.write(file, data, header, ...)``: a few bytes, then the disk fills up."""
+    """Stands in for ``segfile._write_file(file, parts)``: a few bytes, then the disk fills up."""
     Path(str(file)).write_bytes(b"NRRD0005\npartial")
     raise OSError(28, "No space left on device")
 
@@ -430,7 +430,7 @@ def _sitk_half_write_then_fail(image, file, *args, **kwargs):
 def test_failing_writer_leaves_nothing_behind(tmp_path, monkeypatch, writer):
     target = tmp_path / ("out.seg.nrrd" if writer == "seg" else "out.nii.gz")
     if writer == "seg":
-        monkeypatch.setattr(nrrd, "write", _half_write_then_fail)
+        monkeypatch.setattr(segfile, "_write_file", _half_write_then_fail)
         with pytest.raises(GTVError, match="disk or quota is full"):  # one line, not a traceback
             write_seg_nrrd(synthetic_mask(), target)
     else:
@@ -444,17 +444,23 @@ def test_failing_writer_keeps_the_previous_output(tmp_path, monkeypatch):
     target = tmp_path / "out.seg.nrrd"
     write_seg_nrrd(synthetic_mask(), target)
     before = target.read_bytes()
-    monkeypatch.setattr(nrrd, "write", _half_write_then_fail)
+    monkeypatch.setattr(segfile, "_write_file", _half_write_then_fail)
     with pytest.raises(GTVError):
         write_seg_nrrd(synthetic_mask().with_array(np.zeros((6, 7, 8), np.uint8)), target)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.seg.nrrd"]
 
 
-def test_missing_pynrrd_is_a_clear_error(tmp_path, monkeypatch):
+def test_seg_nrrd_is_written_without_pynrrd_and_rewriting_one_says_it_is_missing(tmp_path, monkeypatch):
+    """write_seg_nrrd writes its header itself; regrid_seg_nrrd (a Slicer-written file's arbitrary
+    header) needs pynrrd and says so in one line."""
+    target = tmp_path / "x.seg.nrrd"
+    mask = synthetic_mask()
     monkeypatch.setitem(sys.modules, "nrrd", None)  # makes `import nrrd` fail
+    write_seg_nrrd(mask, target)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(target))), mask.array != 0)
     with pytest.raises(GTVError, match="pip install pynrrd"):
-        write_seg_nrrd(synthetic_mask(), tmp_path / "x.seg.nrrd")
-    assert not list(tmp_path.iterdir())
+        segfile.regrid_seg_nrrd(target, mask)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.seg.nrrd"]
 
 
 def test_without_simpleitk_the_library_imports_and_file_io_says_what_is_missing(tmp_path):
@@ -625,11 +631,15 @@ def test_gzip_nrrd_with_a_damaged_stream_is_refused(tmp_path):
 
 
 def test_seg_nrrd_bytes_depend_on_the_mask_only(tmp_path):
-    # pynrrd stamps the time into a header comment; we drop it so that a re-run (or a Ray batch
-    # worker) writes the same file, checkable by hash.
+    # No time of writing anywhere (pynrrd stamps one into a header comment, a gzip header has a
+    # field for one), so that a re-run (or a Ray batch worker) writes the same file, checkable by hash.
     write_seg_nrrd(synthetic_mask(), tmp_path / "a.seg.nrrd")
     data = (tmp_path / "a.seg.nrrd").read_bytes()
-    assert b"(GMT)" not in data[:300] and data.startswith(b"NRRD0005\n")
+    assert b"(GMT)" not in data[:300] and data.startswith(b"NRRD0004\n")
+    stream = data[data.index(b"\n\n") + 2:]
+    assert stream[:2] == b"\x1f\x8b" and stream[4:8] == b"\0\0\0\0"  # gzip magic; MTIME 0: none stored
+    write_seg_nrrd(synthetic_mask(), tmp_path / "b.seg.nrrd")
+    assert (tmp_path / "b.seg.nrrd").read_bytes() == data
     segfile.regrid_seg_nrrd(tmp_path / "a.seg.nrrd", synthetic_mask())
     assert b"(GMT)" not in (tmp_path / "a.seg.nrrd").read_bytes()[:300]
     assert read_seg_nrrd(tmp_path / "a.seg.nrrd")[0].same_grid(synthetic_mask())
@@ -705,3 +715,124 @@ def test_a_file_the_crc_cannot_prove_is_fully_checked_and_read(tmp_path, monkeyp
     expected = nib.load(str(path)).get_fdata()
     assert ran == [path]
     assert np.array_equal(np.transpose(got, (2, 1, 0)), expected)
+
+
+# ------------------------------------------------------------------ voxels read without ITK's pass
+
+
+def _stored_cases(tmp_path):
+    """(file, whether the voxels are read here rather than by ITK) for a spread of files."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(5)
+    ct = rng.integers(-1024, 2000, (5, 6, 7)).astype(np.int16)
+    oblique = (0.0, 0.6, 0.8, 1.0, 0.0, 0.0, 0.0, 0.8, -0.6)
+    cases = []
+
+    def itk(name, array, compress=True, direction=None):
+        img = sitk.GetImageFromArray(array)
+        img.SetSpacing((0.7, 0.8, 2.5))
+        img.SetOrigin((-10.5, 3.25, 100.0))
+        if direction:
+            img.SetDirection(direction)
+        sitk.WriteImage(img, str(tmp_path / name), useCompression=compress)
+        return tmp_path / name
+
+    for dtype in (np.int16, np.uint8, np.float32, np.float64, np.int32, np.uint16):
+        cases.append((itk(f"ct_{np.dtype(dtype).name}.nrrd", ct.astype(dtype), direction=oblique), True))
+    cases.append((itk("raw.nrrd", ct, compress=False), True))
+    cases.append((itk("ct.nii.gz", ct, direction=(1, 0, 0, 0, -1, 0, 0, 0, 1)), True))
+    cases.append((itk("ct.nii", ct), True))
+    nrrd.write(str(tmp_path / "big.nrrd"), ct.astype(">i2"), {"encoding": "gzip", "space": "right-anterior-superior",
+               "space directions": np.diag([0.7, 0.8, 2.5]), "space origin": [1.0, 2.0, 3.0]}, index_order="C")
+    cases.append((tmp_path / "big.nrrd", False))  # ITK swaps the bytes
+    nrrd.write(str(tmp_path / "ras.nrrd"), ct, {"encoding": "gzip", "type": "signed short", "space": "right-anterior-superior",
+               "space directions": np.diag([0.7, 0.8, 2.5]), "space origin": [1.0, 2.0, 3.0]}, index_order="C")
+    cases.append((tmp_path / "ras.nrrd", True))  # another space: ITK turns the geometry to LPS, not the voxels
+    scaled = nib.Nifti1Image(ct, np.diag([0.7, 0.8, 2.5, 1.0]))
+    scaled.header.set_slope_inter(2.0, -5.0)
+    nib.save(scaled, str(tmp_path / "scaled.nii.gz"))
+    cases.append((tmp_path / "scaled.nii.gz", False))  # ITK applies the scaling
+    unscaled = nib.Nifti1Image(ct.astype(np.float32), np.diag([-0.7, -0.8, 2.5, 1.0]))
+    unscaled.header.set_slope_inter(1.0, 0.0)
+    nib.save(unscaled, str(tmp_path / "unscaled.nii.gz"))
+    cases.append((tmp_path / "unscaled.nii.gz", True))
+    return cases
+
+
+def test_voxels_read_without_itks_pass_are_what_itk_reads(tmp_path, monkeypatch):
+    """NRRD and NIfTI files that store the voxels as ITK returns them are inflated (or read) here,
+    with ITK's header reading; the image is ITK's to the bit: voxels, type and geometry. Files ITK
+    changes on reading (big-endian, scaled) go through ITK."""
+    used = []
+    original = io._read_stored
+    monkeypatch.setattr(io, "_read_stored", lambda *a: used.append(original(*a)) or used[-1])
+    for path, fast in _stored_cases(tmp_path):
+        used.clear()
+        ours = read_image(path)
+        theirs = sitk.ReadImage(str(path))
+        assert (used and used[0] is not None) == fast, path.name
+        assert ours.array.dtype == sitk.GetArrayViewFromImage(theirs).dtype, path.name
+        assert np.array_equal(ours.array, sitk.GetArrayFromImage(theirs)), path.name
+        assert ours.spacing == theirs.GetSpacing() and ours.origin == theirs.GetOrigin(), path.name
+        assert ours.direction == theirs.GetDirection(), path.name
+
+
+@pytest.mark.parametrize("damage", ["cut", "flipped byte", "trailing data", "second member"])
+@pytest.mark.parametrize("name", ["ct.nrrd", "ct.nii.gz"])
+def test_a_damaged_stream_is_never_read_by_the_shortcut(tmp_path, monkeypatch, name, damage):
+    """A stream that is not exactly whole falls back to the thorough reading (which refuses a
+    damaged file in its own words); the shortcut never hands back a wrong image."""
+    ct = np.random.default_rng(2).integers(-1000, 1000, (6, 40, 50)).astype(np.int16)
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(ct), str(path), useCompression=True)
+    data = path.read_bytes()
+    start = data.index(b"\n\n") + 2 if name.endswith(".nrrd") else 0
+    if damage == "cut":
+        data = data[:-100]
+    elif damage == "flipped byte":
+        data = data[:start + 300] + bytes([data[start + 300] ^ 0x20]) + data[start + 301:]
+    elif damage == "trailing data":
+        data = data + b"\0" * 64
+    else:
+        data = data + data[start:]
+    path.write_bytes(data)
+    used = []
+    original = io._read_stored
+    monkeypatch.setattr(io, "_read_stored", lambda *a: used.append(original(*a)) or used[-1])
+    try:
+        image = read_image(path)
+    except GTVError:
+        image = None
+    assert used in ([None], []), damage  # declined, or not tried (a header that does not read)
+    if damage in ("cut", "flipped byte"):
+        assert image is None
+
+
+def test_gzip_backends_agree_and_refuse_the_same_streams(monkeypatch):
+    import importlib
+    import zlib
+
+    from GTVAutoSegLib import gz
+
+    data = np.random.default_rng(1).integers(0, 3, 200_000).astype(np.uint8).tobytes()
+    try:
+        for backend in ("isal", "zlib"):
+            if backend == "zlib":
+                monkeypatch.setitem(sys.modules, "isal", None)
+            importlib.reload(gz)
+            if backend == "isal" and gz.BACKEND != "isal":
+                continue  # python-isal not installed here: zlib only
+            assert gz.BACKEND == backend
+            packed = gz.gzip_bytes(data)
+            assert zlib.decompress(packed, 31) == data and packed[4:8] == b"\0\0\0\0"
+            assert gz.inflate_exact(packed, len(data)) == data
+            assert gz.inflate_exact(zlib.compress(data, 6, 31), len(data)) == data
+            bad = packed[:-8] + bytes([packed[-8] ^ 1]) + packed[-7:]  # the CRC
+            for wrong, size in [(packed[:-9], len(data)), (bad, len(data)), (packed + b"x", len(data)),
+                                (packed + packed, len(data)), (packed, len(data) - 1), (packed, len(data) + 1),
+                                (b"not gzip", 8)]:
+                assert gz.inflate_exact(wrong, size) is None
+    finally:
+        monkeypatch.undo()
+        importlib.reload(gz)

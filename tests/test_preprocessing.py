@@ -446,3 +446,30 @@ def test_largest_component_is_scipys_including_ties():
     tie[1, 8, 0:4] = True  # three components of 4 voxels: the first in raster order wins
     assert np.array_equal(_largest_component(tie), scipys(tie)) and _largest_component(tie)[0, 0, 0]
     assert _largest_component(np.zeros((2, 3, 3), bool)) is None
+    # The shortcut (the densest slice's commonest label, if it holds over half the voxels) both ways:
+    body = np.zeros((20, 30, 30), bool)
+    body[2:18, 5:25, 5:25] = True  # 6,400 of 6,410 voxels: taken by the shortcut
+    body[0, 0, :10] = True
+    assert np.array_equal(_largest_component(body), scipys(body)) and _largest_component(body)[10, 10, 10]
+    slab_and_column = np.zeros((20, 30, 30), bool)
+    slab_and_column[0, :10, :10] = True  # 100 voxels, all in the densest slice
+    slab_and_column[2:, 20:22, 20:25] = True  # 180 voxels, 10 per slice: the largest, found without the shortcut
+    got = _largest_component(slab_and_column)
+    assert np.array_equal(got, scipys(slab_and_column)) and got[5, 20, 20] and not got[0, 0, 0]
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_numpy_prepare_a_few_slices_at_a_time_equals_the_padded_whole_stack(name, monkeypatch):
+    """The numpy resizer windows and resizes a few slices at a time, without the zero-padded
+    full-resolution stack; the torch resizer still builds it: both give the same model input."""
+    from GTVAutoSegLib import preprocessing
+
+    ct, _ = make_phantom(shape=(9, 70, 90), spacing=(0.9, 0.9, 2.5), seed=4, tumour_slices=3)
+    spec = SPECS[name]
+    torch_x, torch_state = prepare(ct, spec, "torch")
+    whole, _ = prepare(ct, spec, "numpy")
+    monkeypatch.setattr(preprocessing, "_CHUNK_BYTES", 1)  # one slice at a time
+    sliced, state = prepare(ct, spec, "numpy")
+    assert state.crop == torch_state.crop and sliced.shape == torch_x.shape == whole.shape
+    assert np.abs(sliced - whole).max() < 1e-6 and np.abs(sliced - torch_x).max() < 5e-5
+    assert sliced.min() >= 0.0 and sliced.max() <= 1.0

@@ -37,3 +37,18 @@ def test_unchanged_axes_are_left_alone_and_bad_modes_refused():
     assert np.array_equal(resize(x, (3, 4)), x)
     with pytest.raises(ValueError, match="mode"):
         resize(x, (2, 2), "cubic")
+
+
+def test_resizing_as_if_zero_padded_equals_resizing_the_padded_array():
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        x = rng.random((2, int(rng.integers(3, 120)), int(rng.integers(3, 120))), dtype=np.float32)
+        pad = tuple((int(rng.integers(0, 30)), int(rng.integers(0, 30))) for _ in range(2))
+        size = (int(rng.integers(2, 100)), int(rng.integers(2, 100)))
+        for antialias in (True, False):
+            full = resize(np.pad(x, ((0, 0), *pad)), size, "linear", antialias)
+            assert np.abs(resize(x, size, "linear", antialias, pad=pad) - full).max() < 1e-6
+    with pytest.raises(ValueError, match="pad"):
+        resize(x, (4, 4), "nearest", pad=((1, 0), (0, 0)))
+    with pytest.raises(ValueError, match="pad"):
+        resize(x, (4, 4), pad=((1, 0),))
