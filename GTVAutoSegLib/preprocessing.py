@@ -264,21 +264,37 @@ def _shifted(mask: np.ndarray, dy: int, dx: int, out: np.ndarray, op) -> None:
     op(out[:, yd, xd], mask[:, ys, xs], out=out[:, yd, xd])
 
 
+_CROSS = _disk(1, 1)  # the 5-pixel cross
+
+
+def _factors(structure: np.ndarray) -> list[np.ndarray]:
+    """Elements whose successive dilations give ``structure``: the radius-2 disk (13 pixels, the
+    body erosion's on a 1.5 mm grid) is the cross dilated by the cross, so two passes of 4 shifts
+    replace one of 12 (eroding or dilating by a dilation is doing it by each in turn)."""
+    if structure.shape == (1, 5, 5) and np.array_equal(structure, _disk(2, 2)):
+        return [_CROSS, _CROSS]
+    return [structure]
+
+
 def _erode(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_erosion(mask, structure)`` for an in-plane, symmetric element, as
     one logical AND per element pixel over shifted views (twice as fast as scipy's loop here)."""
-    out = np.ones_like(mask, dtype=bool)
-    for dy, dx in _offsets(structure):
-        _shifted(mask, dy, dx, out, np.logical_and)
-    return out
+    for element in _factors(structure):
+        out = np.ones_like(mask, dtype=bool)
+        for dy, dx in _offsets(element):
+            _shifted(mask, dy, dx, out, np.logical_and)
+        mask = out
+    return mask
 
 
 def _dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_dilation(mask, structure)`` for an in-plane, symmetric element."""
-    out = np.zeros_like(mask, dtype=bool)
-    for dy, dx in _offsets(structure):
-        _shifted(mask, dy, dx, out, np.logical_or)
-    return out
+    for element in _factors(structure):
+        out = np.zeros_like(mask, dtype=bool)
+        for dy, dx in _offsets(element):
+            _shifted(mask, dy, dx, out, np.logical_or)
+        mask = out
+    return mask
 
 
 def body_mask(array: np.ndarray, spacing_xy: tuple[float, float], threshold_hu: float, erosion_mm: float,
@@ -336,12 +352,12 @@ def _largest_component(mask: np.ndarray) -> np.ndarray | None:
     # with the most voxels, proved the largest by holding more than half (no other can tie or beat
     # it). 3 ms for lung2's body seed instead of sorting all components by size (17 ms).
     view = sitk.GetArrayViewFromImage(labels)
-    total = int(np.count_nonzero(mask))
     per_slice = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
     densest = view[int(np.argmax(per_slice))].ravel()
     guess = int(np.argmax(np.bincount(densest[densest != 0])))
-    if guess and 2 * int(np.count_nonzero(view == guess)) > total:
-        return view == guess
+    component = view == guess
+    if guess and 2 * int(np.count_nonzero(component)) > int(per_slice.sum()):
+        return component
     by_size = sitk.RelabelComponentImageFilter()  # label 1: the largest
     largest = by_size.Execute(labels)
     sizes = by_size.GetSizeOfObjectsInPixels()

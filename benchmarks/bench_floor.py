@@ -213,6 +213,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cold-repeats", type=int, default=3)
     p.add_argument("--baseline", type=Path, default=None, help="another source tree to time cold calls against")
+    p.add_argument("--baseline-engine", default=None, choices=["torch", "onnx"],
+                   help="--engine for the baseline's cold calls (a tree that has the flag)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in this process (default: torch's, the cores)")
     p.add_argument("--engine", default="torch", choices=["torch", "onnx"],
                    help="what runs the networks end to end; onnx also times cold calls of both engines")
@@ -261,7 +263,9 @@ def main() -> None:
             src = Path(args.ct[0])
             engines = ["torch", "onnx"] if args.engine == "onnx" else [None]
             trees = [(f"this tree{f', --engine {e}' if e else ''}", None, e) for e in engines]
-            trees += [("baseline", args.baseline.resolve(), None)] if args.baseline else []
+            if args.baseline:  # a baseline with --engine (482e92a and later) on the engine timed here
+                trees.append(("baseline" + (f", --engine {args.baseline_engine}" if args.baseline_engine else ""),
+                              args.baseline.resolve(), args.baseline_engine))
             results = {name: {"command": [], "imports + model": [], "others": []} for name, _, _ in trees}
             for _ in range(args.cold_repeats):  # interleaved: every arm sees the same load
                 for name, tree, engine in trees:
