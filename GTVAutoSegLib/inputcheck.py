@@ -113,7 +113,13 @@ def check_nifti(path: Path) -> None:
 
 
 def _check_sform(path: Path, affine) -> None:
-    if affine is not None and np.isfinite(affine).all():
+    """Refuse a NIfTI sform (one the header says to use) that is not finite or is sheared. ITK
+    never returns from reading the header of some with NaN or Inf beside a zero-length axis (found
+    by fuzz_readers.py), and ignores the others for the qform: either way the geometry is damaged."""
+    if affine is not None and not np.isfinite(np.asarray(affine, dtype=float)).all():
+        raise GTVError(f"{path.name} has a damaged sform (NaN or infinite values); its geometry is unknown, so it "
+                       "is refused")
+    if affine is not None:
         cols = np.asarray(affine, dtype=float)[:3, :3]
         norms = np.linalg.norm(cols, axis=0)
         if (norms > 0).all():

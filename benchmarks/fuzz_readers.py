@@ -43,11 +43,35 @@ def check_one(data: bytes) -> None:
         if suffix == ".pt":
             load_bundle(path)
         else:
-            read_image(path)
+            image = read_image(path)
+            if suffix in (".nii", ".nii.gz", ".nrrd"):
+                _same_as_itk(image, path)
     except GTVError as exc:
         message = str(exc)
         assert message and "\n" not in message, f"GTVError not in one line: {message!r}"
     assert hashlib.sha256(path.read_bytes()).digest() == before, "the input file was modified"
+
+
+def _same_as_itk(image, path: Path) -> None:
+    """An image read without ITK's pass over the voxels (``io._read_stored``) must be ITK's own:
+    voxels, type and geometry (when ITK reads the file at all)."""
+    import numpy as np
+
+    from GTVAutoSegLib.image import sitk
+    from GTVAutoSegLib.native import quiet_stderr
+
+    try:
+        with quiet_stderr("ITK"):
+            theirs = sitk.ReadImage(str(path))
+    except RuntimeError:
+        return
+    if theirs.GetDimension() != 3 or theirs.GetNumberOfComponentsPerPixel() != 1:
+        return
+    array = sitk.GetArrayViewFromImage(theirs)
+    assert image.array.dtype == array.dtype, f"type {image.array.dtype} read, ITK reads {array.dtype}"
+    assert np.array_equal(image.array, array, equal_nan=True), "voxels differ from ITK's"
+    assert (image.spacing, image.origin, image.direction) == \
+        (theirs.GetSpacing(), theirs.GetOrigin(), theirs.GetDirection()), "geometry differs from ITK's"
 
 
 def seeds() -> list[bytes]:
@@ -61,6 +85,9 @@ def seeds() -> list[bytes]:
         path = _WORK / f"seed{suffix}"
         sitk.WriteImage(sitk.GetImageFromArray(array), str(path), useCompression=suffix == ".nrrd")
         out.append(bytes([k]) + path.read_bytes())
+    path = _WORK / "seed-raw.nrrd"  # a raw NRRD too: its voxels are read straight into the array
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path), useCompression=False)
+    out.append(bytes([KINDS.index(".nrrd")]) + path.read_bytes())
     return out
 
 
@@ -74,7 +101,7 @@ def main() -> None:
         import GTVAutoSegLib.inputcheck  # noqa: F401
         import GTVAutoSegLib.io  # noqa: F401
     corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if corpus and not any(Path(c).iterdir() for c in corpus if Path(c).is_dir()):
+    if corpus and not any(any(Path(c).iterdir()) for c in corpus if Path(c).is_dir()):  # empty: seed it
         for k, seed in enumerate(seeds()):
             (Path(corpus[0]) / f"seed{k}").write_bytes(seed)
     atheris.Setup(sys.argv, check_one)
