@@ -208,6 +208,15 @@ def build(case_id: str, folder: Path, model: Path, shared: Path | None) -> Case:
         inp = folder / "in" / "shear.nii.gz"
         inp.parent.mkdir(parents=True)
         nib.save(nii, str(inp))
+    elif c == "nan_sform_nifti":  # found by fuzz_readers.py, byte for byte
+        import base64
+        import zlib
+
+        inp = folder / "in" / "ct.nii"
+        inp.parent.mkdir(parents=True)
+        inp.write_bytes(zlib.decompress(base64.b64decode(
+            "eNqLYWQgAhQxMDOwADETAyMUIoENzkA5ATCzwR4VowOgUoQ4F8MAA1R/gN3VAMZQYW0kSSi1H5UP0/fn////qGbnaRuC6RV/"
+            "b/3l+Wf3r+Dfon9X/rH9t/if9X/O/3NA1UYMKQzTGE4w/GLQYYxjnMB4iPELoxoTAF6YJ+c=")))
     elif c == "non_axial":
         inp = ct_file("ct.nrrd", phantom_ct((0, 0, -1, 1, 0, 0, 0, -1, 0)))
     elif c == "constant":
