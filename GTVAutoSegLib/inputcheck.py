@@ -96,6 +96,9 @@ def check_nifti(path: Path) -> None:
         raise GTVError(f"{path.name} is not a readable image (not a valid NIfTI file: {reason})") from None
     if len(shape) < 3:
         return  # ITK refuses it with the dimension check
+    if min(int(s) for s in shape) < 0:
+        raise GTVError(f"{path.name} is not a readable image (its header gives negative dimensions "
+                       f"{'x'.join(str(int(s)) for s in shape)})")
     _check_sform(path, header.get_sform() if int(header["sform_code"]) > 0 else None)
     dtype = header.get_data_dtype()
     expected = offset + math.prod(int(s) for s in shape) * dtype.itemsize

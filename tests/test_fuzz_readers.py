@@ -43,8 +43,15 @@ def test_seeds_read(data):
         b"\x05" + bytes(range(256)) * 8,
         # A header-only NIfTI name holding a truncated gzip stream.
         b"\x01\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03",
+        # A .nii.gz whose header gives a negative dimension: the full check asked gzip for a negative
+        # number of bytes (a ValueError traceback).
+        bytes.fromhex(
+            "011f8b08000000000000038b6164200214313033b030303630323042212a60611000d30df6a8181d6c704612e5621860"
+            "c088e20fb0bb1aa01844ed4796441383f2e1fa30409eb621985ef1f7f6a8181d6c704612e762171860c088e20fb0bb1a"
+            "571844ed4796441383f2e1fa30409eb621985ef1f7f6a8181d6c704612e762171860c088e20fb0bb1aa01844ed479644"
+            "1383e51fdb7f8bff59ffe7fc3f8c13180f317e61546302004074050590010000"),
     ],
-    ids=["nii-cut-in-voxels", "random-model", "cut-gzip-header"],
+    ids=["nii-cut-in-voxels", "random-model", "cut-gzip-header", "nii-negative-dimension"],
 )
 def test_found_inputs_stay_fixed(data):
     fuzz_readers.check_one(data)
