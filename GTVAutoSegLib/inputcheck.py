@@ -165,6 +165,8 @@ class StoredBytes:
                     return None
                 if int(np.frombuffer(head, "<i4", 1, 0)[0]) != 348:
                     return None  # NIfTI-2 or big-endian: nibabel reads those
+                if not 1 <= int(np.frombuffer(head, "<i2", 1, 40)[0]) <= 7:
+                    return None  # NIfTI readers take the byte order from dim[0]: ITK would swap this one
                 offset = float(np.frombuffer(head, "<f4", 1, 108)[0])
                 if not (_NIFTI1_HEADER <= offset <= 1 << 20) or offset != int(offset):
                     return None
@@ -264,26 +266,32 @@ def _attached_nrrd(path: Path) -> tuple[int, dict[str, str]] | None:
     return end + (2 if head[end:end + 2] == b"\n\n" else 4), fields
 
 
-def check_nrrd(path: Path) -> None:
+def check_nrrd(path: Path, expected: int | None = None) -> None:
     """Refuse a gzip-encoded NRRD whose compressed stream is cut short or corrupt: ITK reads the
-    voxels it can inflate and never checks the stream's end or CRC."""
+    voxels it can inflate and never checks the stream's end or CRC. ``expected``: the bytes of
+    voxels its header describes, when known: a whole stream holding fewer is refused too (ITK
+    would first allocate what the header claims)."""
     start = _attached_gzip_nrrd_start(path)
     if start is None:
         return  # not an attached gzip NRRD; ITK says what it is
+    total = 0
     with open(path, "rb") as f:
         f.seek(start)
         inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip wrapper: its CRC is checked at the end
         try:
             for chunk in iter(lambda: f.read(1 << 20), b""):
-                inflate.decompress(chunk, 1 << 20)
+                total += len(inflate.decompress(chunk, 1 << 20))
                 while inflate.unconsumed_tail:  # bounded output: a small file can inflate to gigabytes
-                    inflate.decompress(inflate.unconsumed_tail, 1 << 20)
+                    total += len(inflate.decompress(inflate.unconsumed_tail, 1 << 20))
                 if inflate.eof:
                     break
         except zlib.error as exc:
             raise GTVError(f"{path.name} is truncated or corrupt (its gzip data: {_first_line(exc)})") from None
         if not inflate.eof:
             raise GTVError(f"{path.name} is truncated: its gzip-compressed voxels end before the stream does")
+    if expected is not None and total < expected:
+        raise GTVError(f"{path.name} is truncated: its header needs {expected:,} bytes of image data, "
+                       f"its gzip stream holds {total:,}")
 
 
 def _nifti_bytes(path: Path, expected: int) -> bytes:

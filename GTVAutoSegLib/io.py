@@ -8,6 +8,7 @@ file beside the target and renamed onto it, so a crash never leaves a half-writt
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -185,13 +186,14 @@ def resample_to(image: Image, reference: Image, nearest: bool, default: float = 
     return reference.with_array(out.array)
 
 
-def _full_check(path: Path) -> None:
+def _full_check(path: Path, expected: int | None = None) -> None:
     """Inflate and check the whole file: ITK zero-fills a cut-off NIfTI, turns its NaN into 0, and
-    inflates what it can of a gzip NRRD without checking the stream's end."""
+    inflates what it can of a gzip NRRD without checking the stream's end. ``expected``: a gzip
+    NRRD's bytes of voxels, when known (see ``check_nrrd``)."""
     if is_nifti(path):
         check_nifti(path)
     elif path.name.lower().endswith(".nrrd"):
-        check_nrrd(path)
+        check_nrrd(path, expected)
 
 
 def _read_file(path: Path) -> Image:
@@ -248,10 +250,11 @@ def _read_stored(stored: StoredBytes, reader) -> Image | None:
     """The image of a NRRD or NIfTI that stores exactly the voxels ITK would return (its header says
     so and ITK's reading of the header agrees on the type), read here rather than by ITK, with ITK's
     geometry: a gzip stream inflated by ``gz`` (ISA-L when installed, 2.4x zlib's speed), raw voxels
-    read straight into the array (no second copy). None otherwise, or when the voxels are not
-    exactly there (a file cut short; a gzip stream cut off, corrupt, with a CRC or length that does
-    not match or data after it): then the file is read the thorough way and refused there in its
-    own words.
+    read straight into the array (no second copy). None otherwise. When the voxels are not exactly
+    there (a file cut short; a gzip stream cut off, corrupt, with a CRC or length that does not
+    match or data after it) the full checks run before ITK reads any voxel (ITK would zero-fill a
+    header's gigabytes from a few bytes): they refuse a damaged file in their own words, and what
+    they let through (trailing data, a multi-member stream) is then read by ITK.
 
     A gzip trailer's CRC-32 and length are checked while inflating: the proof
     :meth:`StoredBytes.confirms` gives after ITK's reading, here without ITK's pass.
@@ -268,17 +271,22 @@ def _read_stored(stored: StoredBytes, reader) -> Image | None:
         with open(stored.path, "rb") as f:
             f.seek(stored.data_start)
             if not stored.gzipped:
-                array = np.fromfile(f, dtype, count)
-                if array.size != count:
-                    return None
+                # the size first: a header may claim gigabytes that the file does not hold
+                whole = os.fstat(f.fileno()).st_size - stored.data_start >= nbytes
+                array = np.fromfile(f, dtype, count) if whole else np.empty(0, dtype)
                 data = None
             else:
                 data = f.read()
     except (OSError, ValueError):
         return None
+    if data is None and array.size != count:  # refused before ITK allocates what the header claims
+        held = max(0, stored.path.stat().st_size - stored.data_start)
+        raise GTVError(f"{stored.path.name} is truncated: its header needs {nbytes:,} bytes of image data, "
+                       f"the file holds {held:,}")
     if data is not None:
         inflated = gz.inflate_exact(data, stored.prefix_len + nbytes)
         if inflated is None:
+            _full_check(stored.path, stored.prefix_len + nbytes)  # refused here before ITK allocates
             return None
         array = np.frombuffer(inflated, dtype, count, stored.prefix_len)
     array = array.reshape(size[::-1])
