@@ -200,8 +200,11 @@ class StoredBytes:
         crc, size = int.from_bytes(tail[:4], "little"), int.from_bytes(tail[4:], "little")
         prefix = b""
         if self.prefix_len:
-            with gzip.open(self.path, "rb") as g:
-                prefix = g.read(self.prefix_len)
+            try:
+                with gzip.open(self.path, "rb") as g:
+                    prefix = g.read(self.prefix_len)
+            except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
+                return False  # the full check says what is wrong
         if size != (len(prefix) + array.nbytes) & 0xFFFFFFFF:
             return False
         return zlib.crc32(memoryview(array).cast("B"), zlib.crc32(prefix)) == crc

@@ -50,8 +50,13 @@ def test_seeds_read(data):
             "c088e20fb0bb1aa01844ed4796441383f2e1fa30409eb621985ef1f7f6a8181d6c704612e762171860c088e20fb0bb1a"
             "571844ed4796441383f2e1fa30409eb621985ef1f7f6a8181d6c704612e762171860c088e20fb0bb1aa01844ed479644"
             "1383e51fdb7f8bff59ffe7fc3f8c13180f317e61546302004074050590010000"),
+        # A .nii.gz cut right after its 352-byte header, vox_offset 90,112: the CRC proof read up to
+        # vox_offset and hit the stream's end (an EOFError traceback).
+        bytes.fromhex(
+            "011f8b08000000800000038b6164200214313033b030303330313042212a60611000d30d2ea8181d6c704712e7621860"
+            "c088e20fb0bb1aa01844ed4796441383f2e1fa30409eb621985e"),
     ],
-    ids=["nii-cut-in-voxels", "random-model", "cut-gzip-header", "nii-negative-dimension"],
+    ids=["nii-cut-in-voxels", "random-model", "cut-gzip-header", "nii-negative-dimension", "nii-cut-before-vox-offset"],
 )
 def test_found_inputs_stay_fixed(data):
     fuzz_readers.check_one(data)
