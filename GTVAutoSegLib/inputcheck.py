@@ -25,6 +25,7 @@ ORTHONORMAL_TOL = 1e-4
 # file, and ITK would try to allocate it before finding out.
 MAX_VOXELS = 512 * 512 * 4096
 _GZIP_TAIL_CHUNKS = 16  # MiB read past the voxels of a .nii.gz to reach its CRC
+_MAX_VOX_OFFSET = 1 << 30  # a NIfTI's header and extensions: a vox_offset beyond 1 GiB is a damaged header
 
 
 def check_input_path(path: Path, what: str = "input") -> None:
@@ -99,6 +100,9 @@ def check_nifti(path: Path) -> None:
     if min(int(s) for s in shape) < 0:
         raise GTVError(f"{path.name} is not a readable image (its header gives negative dimensions "
                        f"{'x'.join(str(int(s)) for s in shape)})")
+    if not 0 <= offset <= _MAX_VOX_OFFSET:
+        raise GTVError(f"{path.name} is not a readable image (its header puts the voxels at byte {offset:.3g}, "
+                       "far past any NIfTI header)")
     _check_sform(path, header.get_sform() if int(header["sform_code"]) > 0 else None)
     dtype = header.get_data_dtype()
     expected = offset + math.prod(int(s) for s in shape) * dtype.itemsize
