@@ -273,6 +273,32 @@ def _attached_nrrd(path: Path) -> tuple[int, dict[str, str]] | None:
     return end + (2 if head[end:end + 2] == b"\n\n" else 4), fields
 
 
+def check_metaimage(path: Path) -> None:
+    """Refuse a MetaImage (``.mha`` / ``.mhd``) header whose NDims or DimSize is not a plausible
+    whole number: ITK's ReadImageInformation never returned for ``NDims = 1111...13`` (found by
+    fuzz_readers.py)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    fields = {}
+    for line in head.split(b"\n"):
+        key, sep, value = line.partition(b"=")
+        key = key.strip().decode("latin-1").lower()
+        if sep and key in ("ndims", "dimsize"):
+            fields[key] = value.strip().decode("latin-1")
+        if key == "elementdatafile":
+            break
+    def whole(v: str) -> bool:  # ASCII digits only: str.isdigit() also takes '²'
+        return v.isascii() and v.isdigit()
+
+    ndims = fields.get("ndims")
+    if ndims is not None and not (whole(ndims) and 1 <= int(ndims) <= 8):
+        raise GTVError(f"{path.name} is not a readable image (its MetaImage header gives NDims = {ndims[:20]!r})")
+    sizes = fields.get("dimsize", "").split()
+    if not all(whole(v) and int(v) < 1 << 31 for v in sizes):
+        raise GTVError(f"{path.name} is not a readable image (its MetaImage header gives DimSize = "
+                       f"{fields['dimsize'][:40]!r})")
+
+
 def check_nrrd(path: Path, expected: int | None = None) -> None:
     """Refuse a gzip-encoded NRRD whose compressed stream is cut short or corrupt: ITK reads the
     voxels it can inflate and never checks the stream's end or CRC. ``expected``: the bytes of

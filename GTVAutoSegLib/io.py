@@ -18,7 +18,8 @@ from . import dicomseries
 from .errors import GTVError
 from .filetypes import DETACHED_HEADER_SUFFIXES, ONE_FILE_SUFFIXES, SUPPORTED_INPUTS
 from .image import Image, sitk
-from .inputcheck import StoredBytes, check_geometry, check_input_path, check_nifti, check_nrrd, is_nifti
+from .inputcheck import (StoredBytes, check_geometry, check_input_path, check_metaimage, check_nifti, check_nrrd,
+                         is_nifti)
 from .native import quiet_stderr
 from .outputs import atomic_output
 
@@ -194,6 +195,8 @@ def _full_check(path: Path, expected: int | None = None) -> None:
         check_nifti(path)
     elif path.name.lower().endswith(".nrrd"):
         check_nrrd(path, expected)
+    elif path.name.lower().endswith((".mha", ".mhd")):
+        check_metaimage(path)
 
 
 def _read_file(path: Path) -> Image:
