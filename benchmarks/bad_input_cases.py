@@ -217,6 +217,11 @@ def build(case_id: str, folder: Path, model: Path, shared: Path | None) -> Case:
         inp.write_bytes(zlib.decompress(base64.b64decode(
             "eNqLYWQgAhQxMDOwADETAyMUIoENzkA5ATCzwR4VowOgUoQ4F8MAA1R/gN3VAMZQYW0kSSi1H5UP0/fn////qGbnaRuC6RV/"
             "b/3l+Wf3r+Dfon9X/rH9t/if9X/O/3NA1UYMKQzTGE4w/GLQYYxjnMB4iPELoxoTAF6YJ+c=")))
+    elif c == "huge_ndims_mha":  # found by fuzz_readers.py
+        inp = folder / "in" / "ct.mha"
+        inp.parent.mkdir(parents=True)
+        inp.write_bytes(b"ObjectType = Image\nNDims = " + b"1" * 69 + b"3\nDimSize = 4 3 2\nElementType = MET_SHORT\n"
+                        b"ElementDataFile = LOCAL\n" + bytes(48))
     elif c == "non_axial":
         inp = ct_file("ct.nrrd", phantom_ct((0, 0, -1, 1, 0, 0, 0, -1, 0)))
     elif c == "constant":
