@@ -223,6 +223,8 @@ def _read_file(path: Path) -> Image:
         image = _read_stored(stored, reader)
         if image is not None:
             return image
+        if not _can_hold(stored, reader):
+            _full_check(path)  # refuses it before ITK allocates and zero-fills what the header claims
     try:
         with quiet_stderr("ITK"):
             img = reader.Execute()
@@ -247,6 +249,25 @@ def _itk_dtype(pixel_id: int) -> np.dtype | None:
         if getattr(sitk, name, None) == pixel_id:
             return np.dtype(code)
     return None
+
+
+# Deflate's largest inflation: a 258-byte match in one bit is about 1032 to 1.
+_DEFLATE_MAX_RATIO = 1100
+
+
+def _can_hold(stored: StoredBytes, reader) -> bool:
+    """Whether the file is large enough for the voxels its header claims (raw: byte for byte; gzip:
+    at deflate's largest ratio). An 83-byte .nii.gz claiming 685 MB made ITK allocate and zero-fill
+    them (2.8 GB, 6 s) before the checks refused it."""
+    dtype = _itk_dtype(reader.GetPixelID())
+    if dtype is None:
+        return True  # a type ITK refuses or converts; it says so itself
+    claimed = int(np.prod([int(n) for n in reader.GetSize()], dtype=np.int64)) * dtype.itemsize
+    try:
+        held = stored.path.stat().st_size - stored.data_start
+    except OSError:
+        return True
+    return claimed <= held * (_DEFLATE_MAX_RATIO if stored.gzipped else 1)
 
 
 def _read_stored(stored: StoredBytes, reader) -> Image | None:

@@ -846,17 +846,23 @@ def test_gzip_backends_agree_and_refuse_the_same_streams(monkeypatch):
         importlib.reload(gz)
 
 
-@pytest.mark.parametrize("name", ["ct.nrrd", "ct.nii.gz", "ct.nii", "raw.nrrd"])
+@pytest.mark.parametrize("name", ["ct.nrrd", "ct.nii.gz", "ct.nii", "raw.nrrd", "scaled.nii.gz"])
 def test_a_header_claiming_more_voxels_than_the_file_holds_is_refused_before_itk_reads_voxels(
         tmp_path, monkeypatch, name):
     """ITK allocates and zero-fills what a header claims (an 83-byte .nii.gz found by the fuzzer
     took 6.4 GB and 15 s before it was refused): a file whose voxels are not all there is refused by
-    the full checks before ITK reads any."""
+    the full checks before ITK reads any, also one whose voxels ITK would scale."""
     array = np.zeros((1000, 512, 512), np.int16)  # what the header will claim: 500 MB
     small = np.zeros((2, 512, 512), np.int16)
     path = tmp_path / name
-    img = sitk.GetImageFromArray(small)
-    sitk.WriteImage(img, str(path), useCompression=name in ("ct.nrrd", "ct.nii.gz"))
+    if name == "scaled.nii.gz":
+        import nibabel as nib
+
+        scaled = nib.Nifti1Image(small.transpose(2, 1, 0).copy(), np.eye(4))
+        scaled.header.set_slope_inter(2.0, -5.0)
+        nib.save(scaled, str(path))
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(small), str(path), useCompression=name in ("ct.nrrd", "ct.nii.gz"))
     data = path.read_bytes()
     if name.endswith(".nrrd"):
         data = data.replace(b"sizes: 512 512 2", b"sizes: 512 512 %d" % array.shape[0], 1)
