@@ -274,29 +274,25 @@ def _attached_nrrd(path: Path) -> tuple[int, dict[str, str]] | None:
 
 
 def check_metaimage(path: Path) -> None:
-    """Refuse a MetaImage (``.mha`` / ``.mhd``) header whose NDims or DimSize is not a plausible
-    whole number: ITK's ReadImageInformation never returned for ``NDims = 1111...13`` (found by
+    """Refuse a MetaImage (``.mha`` / ``.mhd``) header with an NDims or DimSize (any of them, when
+    repeated) that is not a plausible whole number: ITK's ReadImageInformation never returned for
+    ``NDims = 1111...13`` nor for ``NDims = -3`` followed by ``NDims = 3`` (found by
     fuzz_readers.py)."""
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    fields = {}
-    for line in head.split(b"\n"):
-        key, sep, value = line.partition(b"=")
-        key = key.strip().decode("latin-1").lower()
-        if sep and key in ("ndims", "dimsize"):
-            fields[key] = value.strip().decode("latin-1")
-        if key == "elementdatafile":
-            break
     def whole(v: str) -> bool:  # ASCII digits only: str.isdigit() also takes '²'
         return v.isascii() and v.isdigit()
 
-    ndims = fields.get("ndims")
-    if ndims is not None and not (whole(ndims) and 1 <= int(ndims) <= 8):
-        raise GTVError(f"{path.name} is not a readable image (its MetaImage header gives NDims = {ndims[:20]!r})")
-    sizes = fields.get("dimsize", "").split()
-    if not all(whole(v) and int(v) < 1 << 31 for v in sizes):
-        raise GTVError(f"{path.name} is not a readable image (its MetaImage header gives DimSize = "
-                       f"{fields['dimsize'][:40]!r})")
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    for line in head.split(b"\n"):
+        key, sep, value = line.partition(b"=")
+        key = key.strip().decode("latin-1").lower()
+        text = value.strip().decode("latin-1")
+        if sep and key == "ndims" and not (whole(text) and 1 <= int(text) <= 8):
+            raise GTVError(f"{path.name} is not a readable image (its MetaImage header gives NDims = {text[:20]!r})")
+        if sep and key == "dimsize" and not all(whole(v) and int(v) < 1 << 31 for v in text.split()):
+            raise GTVError(f"{path.name} is not a readable image (its MetaImage header gives DimSize = {text[:40]!r})")
+        if sep and key == "elementdatafile":
+            break
 
 
 def check_nrrd(path: Path, expected: int | None = None) -> None:

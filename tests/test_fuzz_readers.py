@@ -85,14 +85,20 @@ _NAN_SFORM_NII = (
 _HUGE_NDIMS_MHA = b'ObjectType = Image\nNDims = 111111111111111111111111111111111111111111111111111111111111111111113\nBa a=TB icalOrien\x10tatioen\xff\xff\xff\xffcing = 1 1 1\nDimSize = 4 3 2\nElementType = MET_SHORT\nElementDataFile =DICM LOCAL\n\xa8\xda\xfd\x0c\xfe>\x00p'
 
 
-@pytest.mark.parametrize("name, message", [("hangs_itk.nii", "damaged sform"), ("hangs_itk.mha", "NDims")])
+# A MetaImage with a negative NDims first and a valid one later:
+_TWO_NDIMS_MHA = b"t\xf3\xf3\xf3\xf3= age\nNDims = -3\nyDa= \nTransformMatrix = 0 = 1 1 1\nDimSize= 4 3 2\nElementType = MET_SHORT\nEl\x03Objec\x02NRRD\n\n Image\nNDims = 3\nBa a=TB icalOrien\x10tatioen'\xff\xff\xffcinementDataFil\x01\x00\x00\x00\x00\x00\x00\x00g = 1 1 1\nDimSize=  4 3 2\nElementType = MET_SHORT\nElementDataFel i<DICM LO\xff\xff\xff\xff\xff\xff\x00\xe0"
+
+
+@pytest.mark.parametrize("name, message", [("hangs_itk.nii", "damaged sform"), ("hangs_itk.mha", "NDims"),
+                                           ("hangs_itk_too.mha", "NDims = '-3'")])
 def test_a_header_that_hangs_itk_is_refused_before_itk_reads_it(tmp_path, name, message):
     """The read runs in a subprocess so that a regression fails here instead of hanging the suite."""
     import base64
     import zlib
 
     path = tmp_path / name
-    path.write_bytes(zlib.decompress(base64.b64decode(_NAN_SFORM_NII)) if name.endswith(".nii") else _HUGE_NDIMS_MHA)
+    blobs = {"hangs_itk.mha": _HUGE_NDIMS_MHA, "hangs_itk_too.mha": _TWO_NDIMS_MHA}
+    path.write_bytes(zlib.decompress(base64.b64decode(_NAN_SFORM_NII)) if name.endswith(".nii") else blobs[name])
     code = ("import sys; from GTVAutoSegLib.io import read_image; from GTVAutoSegLib.errors import GTVError\n"
             "try:\n    read_image(sys.argv[1])\nexcept GTVError as e:\n    print(e)")
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
