@@ -223,8 +223,7 @@ def _read_file(path: Path) -> Image:
         image = _read_stored(stored, reader)
         if image is not None:
             return image
-        if not _can_hold(stored, reader):
-            _full_check(path)  # refuses it before ITK allocates and zero-fills what the header claims
+        _check_can_hold(stored, reader)
     try:
         with quiet_stderr("ITK"):
             img = reader.Execute()
@@ -255,19 +254,25 @@ def _itk_dtype(pixel_id: int) -> np.dtype | None:
 _DEFLATE_MAX_RATIO = 1100
 
 
-def _can_hold(stored: StoredBytes, reader) -> bool:
-    """Whether the file is large enough for the voxels its header claims (raw: byte for byte; gzip:
-    at deflate's largest ratio). An 83-byte .nii.gz claiming 685 MB made ITK allocate and zero-fill
-    them (2.8 GB, 6 s) before the checks refused it."""
+def _check_can_hold(stored: StoredBytes, reader) -> None:
+    """Refuse a file too small for the voxels ITK's reading of its header claims (raw: byte for
+    byte; gzip: at deflate's largest ratio), before ITK allocates and zero-fills them: an 83-byte
+    .nii.gz claiming 685 MB took 2.8 GB and 6 s, a 355-byte .nii whose dim[3] of 0 ITK reads as 1
+    (2.2 GB of int64) 4.5 GB and 9 s. The full checks speak first when they find the damage."""
     dtype = _itk_dtype(reader.GetPixelID())
     if dtype is None:
-        return True  # a type ITK refuses or converts; it says so itself
+        return  # a type ITK refuses or converts; it says so itself
     claimed = int(np.prod([int(n) for n in reader.GetSize()], dtype=np.int64)) * dtype.itemsize
     try:
         held = stored.path.stat().st_size - stored.data_start
     except OSError:
-        return True
-    return claimed <= held * (_DEFLATE_MAX_RATIO if stored.gzipped else 1)
+        return
+    if claimed <= held * (_DEFLATE_MAX_RATIO if stored.gzipped else 1):
+        return
+    _full_check(stored.path)
+    what = f"{held:,} compressed bytes, which cannot inflate to that" if stored.gzipped else f"{held:,}"
+    raise GTVError(f"{stored.path.name} is truncated: its header needs {claimed:,} bytes of image data, "
+                   f"the file holds {what}")
 
 
 def _read_stored(stored: StoredBytes, reader) -> Image | None:

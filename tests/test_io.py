@@ -880,3 +880,26 @@ def test_a_header_claiming_more_voxels_than_the_file_holds_is_refused_before_itk
     monkeypatch.setattr(sitk.ImageFileReader, "Execute", no_voxels)
     with pytest.raises(GTVError, match="truncated"):
         read_image(path)
+
+
+def test_a_zero_dimension_itk_reads_as_one_is_refused_before_itk_reads_voxels(tmp_path, monkeypatch):
+    """Found by the fuzzer: a 355-byte .nii claiming 16896 x 16388 x 0 int64 voxels. nibabel sees
+    no voxels to check; ITK reads the 0 as 1 and allocated 2.2 GB (4.5 GB peak, 9 s) before the
+    file was refused."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((16896, 16388, 0))
+    header.set_data_dtype(np.int64)
+    header.set_slope_inter(2.0, 0.0)  # scaled voxels: ITK's to read, not the shortcut's
+    path = tmp_path / "zero.nii"
+    with open(path, "wb") as f:
+        header.write_to(f)
+        f.write(b"\0" * (352 - f.tell()) + b"\0\0")
+
+    def no_voxels(self):
+        raise AssertionError("ITK read the voxels of a file that does not hold them")
+
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", no_voxels)
+    with pytest.raises(GTVError, match="truncated: its header needs 1,107,566,592 bytes"):  # float32 once scaled
+        read_image(path)
