@@ -276,25 +276,25 @@ def _factors(structure: np.ndarray) -> list[np.ndarray]:
     return [structure]
 
 
-def _erode(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_erosion(mask, structure)`` for an in-plane, symmetric element, as
-    one logical AND per element pixel over shifted views (twice as fast as scipy's loop here)."""
+def _morph(mask: np.ndarray, structure: np.ndarray, op) -> np.ndarray:
+    """One logical ``op`` (AND: erosion, OR: dilation) per element pixel over shifted views, for an
+    in-plane, symmetric element, by each of its factors in turn."""
     for element in _factors(structure):
-        out = np.ones_like(mask, dtype=bool)
+        out = np.full(mask.shape, op is np.logical_and)
         for dy, dx in _offsets(element):
-            _shifted(mask, dy, dx, out, np.logical_and)
+            _shifted(mask, dy, dx, out, op)
         mask = out
     return mask
+
+
+def _erode(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_erosion(mask, structure)`` (twice as fast as scipy's loop here)."""
+    return _morph(mask, structure, np.logical_and)
 
 
 def _dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_dilation(mask, structure)`` for an in-plane, symmetric element."""
-    for element in _factors(structure):
-        out = np.zeros_like(mask, dtype=bool)
-        for dy, dx in _offsets(element):
-            _shifted(mask, dy, dx, out, np.logical_or)
-        mask = out
-    return mask
+    """``scipy.ndimage.binary_dilation(mask, structure)``."""
+    return _morph(mask, structure, np.logical_or)
 
 
 def body_mask(array: np.ndarray, spacing_xy: tuple[float, float], threshold_hu: float, erosion_mm: float,
