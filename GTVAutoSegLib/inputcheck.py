@@ -177,7 +177,7 @@ class StoredBytes:
                 if int(np.frombuffer(head, "<i2", 1, 254)[0]) > 0:
                     _check_sform(path, np.frombuffer(head, "<f4", 12, 280).reshape(3, 4).astype(float))
                 slope, inter = (float(v) for v in np.frombuffer(head, "<f4", 2, 112))
-                unscaled = slope == 0.0 or (slope == 1.0 and inter == 0.0)
+                unscaled = slope in (0.0, 1.0) and inter == 0.0  # ITK adds an intercept even when the slope is 0
                 dtype = _NIFTI_DTYPES.get(int(np.frombuffer(head, "<i2", 1, 70)[0])) if unscaled else None
                 return cls(path, gz, 0 if gz else int(offset), int(offset), dtype)
             if name.endswith(".nrrd"):

@@ -757,6 +757,10 @@ def _stored_cases(tmp_path):
     unscaled.header.set_slope_inter(1.0, 0.0)
     nib.save(unscaled, str(tmp_path / "unscaled.nii.gz"))
     cases.append((tmp_path / "unscaled.nii.gz", True))
+    intercept_only = nib.Nifti1Image(ct.astype(np.float32), np.eye(4))
+    intercept_only.header["scl_slope"], intercept_only.header["scl_inter"] = 0.0, 5.0
+    nib.save(intercept_only, str(tmp_path / "intercept.nii.gz"))
+    cases.append((tmp_path / "intercept.nii.gz", False))  # a slope of 0 is none, but ITK adds the intercept
     # a big-endian header with a little-endian sizeof_hdr: NIfTI readers take the byte order from
     # dim[0], so ITK swaps; the header check must not take it for a little-endian file
     nib.save(nib.Nifti1Image(ct, np.diag([0.7, 0.8, 2.5, 1.0]), header=nib.Nifti1Header(endianness=">")),
