@@ -83,14 +83,27 @@ def available_devices() -> list[tuple[str, str]]:
     return devices
 
 
+# OpenBLAS's idle threads spin for 2**N cycles (N = 28 by default: about 0.1 s) before they sleep.
+# numpy's matrix products (the ONNX engine's resizes) leave one spinning on the second core while
+# ONNX Runtime's two threads run the locator right after: on this project's 2-core machine the
+# locator took 67-75 ms after a resize instead of 58 ms. 2**16 cycles (tens of microseconds) still
+# covers the gap between the products of one resize (which kept their speed) and gave the 58 ms back.
+OPENBLAS_THREAD_TIMEOUT = "16"
+
+
 def passive_cpu_threads() -> None:
     """Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``), unless the
-    user set a policy. Call before torch is imported: OpenMP reads it once, when it is loaded.
+    user set a policy. Call before torch or numpy is imported: OpenMP reads it once, when it is loaded.
 
     Why: on a CPU that other programs share (a workstation, a cluster node, this project's
     machines), a spinning thread waits on a sibling the OS has descheduled at every parallel
     region. Measured on this project's 2-core machine with other jobs taking ~1/3 of it: 8 OpenKBP
     CTs through ``gtvautoseg batch`` in 21.1-26.2 s with the default policy, 8.2-8.8 s passive, the
     same as with one thread; the arithmetic, and so every output, is unchanged.
+
+    The same for numpy's OpenBLAS (``OPENBLAS_THREAD_TIMEOUT``, read when numpy loads it; see
+    ``OPENBLAS_THREAD_TIMEOUT`` above), unless the user set a timeout.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not any(os.environ.get(k) for k in ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")):
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_THREAD_TIMEOUT

@@ -3,6 +3,7 @@
 - floor: the bare forward passes of the model's networks on exactly the inputs one end-to-end run
   gave them (recorded with forward hooks, replayed alone), fp32 and with bf16 autocast on the CPU;
 - end to end, model loaded: read -> segment -> write ``.seg.nrrd``; the ratio end to end / floor;
+  the read alone within it (``io.read_ct``: the file's checks and voxels) and its ratio to the floor;
 - cold: a whole ``gtvautoseg segment`` command in a fresh interpreter (imports, model load, the
   case), and the imports alone; with ``--baseline DIR`` also for another source tree (e.g. ``git
   archive main``), interleaved run by run so both see the same machine load;
@@ -28,8 +29,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
-import torch
+# What the CLI does before numpy or torch load (``device.passive_cpu_threads``): idle OpenMP and
+# OpenBLAS threads sleep, so the end-to-end times here are those of ``gtvautoseg segment``/``batch``.
+from GTVAutoSegLib.device import passive_cpu_threads  # noqa: E402
+
+passive_cpu_threads()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import machine_name, select_slices  # noqa: E402
@@ -159,17 +166,20 @@ def replay(calls: list, bf16: bool, repeats: int) -> tuple[float, dict[str, floa
     return sum(med.values()), med
 
 
-def end_to_end(seg: Segmenter, src: Path, out: Path, selection, repeats: int) -> float:
-    times = []
+def end_to_end(seg: Segmenter, src: Path, out: Path, selection, repeats: int) -> tuple[float, float]:
+    """Median seconds of read -> segment -> write, and of the read within it."""
+    times, reads = [], []
     for rep in range(repeats + 1):
         t0 = time.perf_counter()
         ct = io.read_ct(src)
+        t1 = time.perf_counter()
         with torch.inference_mode():
             result = seg(ct, selection=selection)
         write_seg_nrrd(result.mask, out)
         if rep:
             times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+            reads.append(t1 - t0)
+    return float(np.median(times)), float(np.median(reads))
 
 
 def cold(src: Path, out: Path, tree: Path | None, repeats: int, model: str | None,
@@ -234,8 +244,9 @@ def main() -> None:
     print(f"machine: {machine_name(torch.device('cpu'))}, {os.cpu_count()} cores; torch {torch.__version__}; "
           f"engine {args.engine}; model {seg.bundle.name} {seg.bundle.version}; medians of {args.repeats} after a warm-up")
     print()
-    print("| CT | end to end | floor fp32 | floor bf16 | end to end / floor fp32 | bf16 / fp32 floor | networks (fp32) | other processes' CPU |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    print("| CT | end to end | of which reading | floor fp32 | floor bf16 | end to end / floor fp32 | "
+          "reading / floor fp32 | bf16 / fp32 floor | networks (fp32) | other processes' CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         cases = [(Path(c).name, Path(c), None) for c in args.ct]
         if args.phantom:
@@ -252,12 +263,12 @@ def main() -> None:
                     seg(io.read_ct(src), selection=selection)
                 for h in handles:
                     h.remove()
-                e2e = end_to_end(seg, src, Path(tmp) / "out.seg.nrrd", selection, args.repeats)
+                e2e, read = end_to_end(seg, src, Path(tmp) / "out.seg.nrrd", selection, args.repeats)
                 floor, per = replay(calls, False, args.repeats)
                 floor_bf16 = replay(calls, True, args.repeats)[0] if args.engine == "torch" else float("nan")
             nets = ", ".join(f"{k} {v:.3f} s" for k, v in per.items())
-            print(f"| {label} | {e2e:.3f} s | {floor:.3f} s | {floor_bf16:.3f} s | {e2e / floor:.2f} | "
-                  f"{floor_bf16 / floor:.2f} | {nets} | {w.others:.0%} |")
+            print(f"| {label} | {e2e:.3f} s | {read:.3f} s | {floor:.3f} s | {floor_bf16:.3f} s | {e2e / floor:.2f} | "
+                  f"{read / floor:.2f} | {floor_bf16 / floor:.2f} | {nets} | {w.others:.0%} |")
 
         if args.ct and args.cold_repeats:
             src = Path(args.ct[0])

@@ -62,6 +62,39 @@ def test_the_cli_lets_idle_cpu_threads_sleep_unless_the_user_chose(preset, expec
     assert done.stdout.strip().splitlines()[-1] == expected
 
 
+@pytest.mark.parametrize("preset", [None, ("OPENBLAS_THREAD_TIMEOUT", "28"), ("GOTO_THREAD_TIMEOUT", "24")])
+def test_the_cli_lets_numpys_blas_threads_sleep_before_numpy_loads_it(preset):
+    # OpenBLAS reads the timeout once, when numpy loads it: the CLI must set it before that, and
+    # leave a timeout the user chose (under either of the names OpenBLAS reads) as it is.
+    from GTVAutoSegLib.device import OPENBLAS_THREAD_TIMEOUT
+
+    code = ("import os, sys, json\n"
+            "from GTVAutoSegLib import cli, device\n"
+            "seen = []\n"
+            "real = device.passive_cpu_threads\n"
+            "def spy():\n"
+            "    seen.append('numpy' in sys.modules)\n"
+            "    real()\n"
+            "device.passive_cpu_threads = spy\n"
+            "rc = cli.main(['info', '--list'])\n"
+            "print(json.dumps([seen, 'numpy' in sys.modules, os.environ.get('OPENBLAS_THREAD_TIMEOUT'),"
+            " os.environ.get('GOTO_THREAD_TIMEOUT')]))")
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")}
+    if preset:
+        env[preset[0]] = preset[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen, numpy_loaded, openblas, goto = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == [False] and numpy_loaded  # set once, before numpy was loaded; numpy was loaded after
+    if preset is None:
+        assert (openblas, goto) == (OPENBLAS_THREAD_TIMEOUT, None)
+    elif preset[0] == "OPENBLAS_THREAD_TIMEOUT":
+        assert (openblas, goto) == ("28", None)
+    else:
+        assert (openblas, goto) == (None, "24")
+
+
 @pytest.mark.parametrize("dims,res_units,channels,shape", [
     (2, 0, (32, 64, 128, 256, 512), (2, 3, 64, 64)),   # the shipped 2.5D U-Net
     (2, 2, (32, 64, 128, 256, 512), (1, 1, 32, 32)),   # resunet
