@@ -5,7 +5,8 @@ becomes an extra slice with a fraction of the spacing, a missing slice is bridge
 that is no longer true, and a slice in another orientation is stacked in without a word. Here the
 headers are read with pydicom and checked before any voxel is used:
 
-1. CT images only (Modality CT), localizer/scout images left out, SEG/RTSTRUCT/... ignored;
+1. CT images only (Modality CT and a CT image SOP class: a dose report or protocol saved as a
+   Secondary Capture is not a slice), localizer/scout images left out, SEG/RTSTRUCT/... ignored;
 2. one SeriesInstanceUID: the one with most slices when there are several (the others are named);
 3. sorted by ImagePositionPatient projected on the slice normal, never by file name or InstanceNumber;
 4. refused, in one line naming the slices: a duplicated position, uneven spacing (a missing slice),
@@ -40,12 +41,30 @@ NON_VOLUME_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR"
 PATIENT_STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                           "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
                           "SeriesDescription", "SeriesNumber", "Manufacturer")
+# The SOP classes of CT images. A file of another class with Modality CT (a scanner's dose report or
+# patient protocol saved as a Secondary Capture, say) is not a slice: it is left out and named.
+CT_IMAGE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+                        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage (multi-frame: refused below)
+                        "1.2.840.10008.5.1.4.1.1.2.2"}  # Legacy Converted Enhanced CT Image Storage
+# Every element this module reads from a dataset. pydicom decodes an element when it is first used;
+# ``_read`` uses these at once, so that a damaged one (an unknown VR, say) is refused there, in one
+# line naming the file, and not wherever the value is first needed.
+_USED_KEYWORDS = ("Modality", "ImageType", "NumberOfFrames", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                  "StudyInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient",
+                  "PixelSpacing", "Rows", "Columns", "SpacingBetweenSlices", "SliceThickness", "RescaleSlope",
+                  "RescaleIntercept", *PATIENT_STUDY_KEYWORDS)
+_USED_META_KEYWORDS = ("TransferSyntaxUID", "MediaStorageSOPInstanceUID", "MediaStorageSOPClassUID")
 # Positions agree to this (mm); spacings to this fraction of the slice spacing.
 POSITION_TOL_MM = 0.01
 SPACING_TOL = 0.02
 # A slice step that leaves the normal by more than this (degrees) is a gantry tilt.
 TILT_TOL_DEG = 0.1
 _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+# RLE Lossless is decoded by pydicom (numpy only), which checks its header: GDCM crashed the process
+# (a segmentation fault) on an RLE header claiming 131,074 segments, found by fuzzing.
+_RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+# What GDCM decodes here (through SimpleITK): the JPEG family. Any other transfer syntax is refused.
+_GDCM_SYNTAXES = {"1.2.840.10008.1.2.4." + s for s in ("50", "51", "57", "70", "80", "81", "90", "91")}
 
 
 @dataclass
@@ -142,10 +161,18 @@ def _read(path: Path, pixels: bool):
             warnings.simplefilter("always")
             # Pixel data is read when it is used (defer_size), so headers of many slices stay small.
             ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels, defer_size="64 KB")
+            meta = getattr(ds, "file_meta", None)
+            bad = (_unknown_vr(meta) if meta is not None else None) or _unknown_vr(ds)
+            for keyword in _USED_KEYWORDS if bad is None else ():
+                ds.get(keyword)
+            for keyword in _USED_META_KEYWORDS if meta is not None and bad is None else ():
+                meta.get(keyword)
     except InvalidDicomError:
         raise GTVError(f"{path.name} is not a DICOM file") from None
     except Exception as exc:  # a damaged header: pydicom raises EOFError, ValueError, struct.error...
         raise GTVError(f"{path.name} is a damaged DICOM file ({type(exc).__name__})") from None
+    if bad is not None:  # the file's structure went astray there, whatever the elements after it say
+        raise GTVError(f"{path.name} is a damaged DICOM file (element {bad} has no valid value representation)")
     for w in caught:
         text = str(w.message)
         if "end of file" in text.lower():  # pydicom's only word for a file cut short
@@ -153,6 +180,19 @@ def _read(path: Path, pixels: bool):
         logger.debug("pydicom on %s: %s", path.name, text)
     _sop_from_file_meta(ds)
     return ds
+
+
+def _unknown_vr(ds):
+    """The tag of the first top-level element whose explicit VR is none of the standard's, else None
+    (read from the raw elements: no value is decoded; an implicit-VR file has none to check)."""
+    from pydicom.valuerep import VR
+
+    known = {v.value for v in VR}
+    for element in ds.elements():
+        vr = getattr(element, "VR", None)
+        if vr is not None and str(vr) not in known:
+            return element.tag
+    return None
 
 
 def _sop_from_file_meta(ds) -> None:
@@ -171,6 +211,7 @@ def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:
     """CT slices of ``folder`` by SeriesInstanceUID, and what else was found (for the message)."""
     series: dict[str, list[_Slice]] = {}
     skipped: set[str] = set()
+    not_images: dict[str, list[str]] = {}  # series UID -> files of Modality CT that are not CT images
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
@@ -190,15 +231,26 @@ def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:
         if modality != "CT":
             skipped.add(f"{modality or 'no modality'} objects")
             continue
+        sop_class = str(header.get("SOPClassUID", "") or "").strip()
+        if sop_class and sop_class not in CT_IMAGE_SOP_CLASSES:  # none at all: de-identified, judged by the rest
+            skipped.add(f"CT objects of SOP class {_sop_class_name(sop_class)}")
+            logger.info("%s: leaving out %s, a %s object", folder, path.name, _sop_class_name(sop_class))
+            not_images.setdefault(str(header.get("SeriesInstanceUID", "")) or "no series UID", []).append(path.name)
+            continue
         image_type = [str(v).upper() for v in (header.get("ImageType") or [])]
         if "LOCALIZER" in image_type or "SCOUT" in image_type:
             skipped.add("localizer images")
             logger.info("%s: leaving out localizer image %s", folder, path.name)
             continue
-        if int(header.get("NumberOfFrames", 1) or 1) > 1:
+        if _whole_number(header, "NumberOfFrames", 1, path) > 1:
             raise GTVError(f"{path.name} is a multi-frame (enhanced) CT object; export the series as one file per slice")
         uid = str(header.get("SeriesInstanceUID", "")) or "no series UID"
         series.setdefault(uid, []).append(_slice(path))
+    for uid, names in not_images.items():
+        if uid in series:  # beside the slices of a series, under its UID: say so
+            warnings.warn(f"{folder.name}: series {uid} also holds {len(names)} object(s) of Modality CT that are not "
+                          f"CT images ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); left out",
+                          UserWarning, stacklevel=3)
     return series, skipped
 
 
@@ -213,6 +265,23 @@ def _numbers(ds, keyword: str, n: int, path: Path) -> np.ndarray:
     return numbers
 
 
+def _sop_class_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name  # the UID itself when pydicom does not know it
+    return name if name != uid else uid[:64]
+
+
+def _whole_number(ds, keyword: str, default: int, path: Path) -> int:
+    """A whole-number element (``default`` when absent or empty); GTVError when it is not one."""
+    value = ds.get(keyword, default)
+    try:
+        number = int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        raise GTVError(f"{path.name} has an invalid {keyword} ({value!r})") from None
+    return number
+
+
 def _slice(path: Path) -> _Slice:
     ds = _read(path, pixels=True)
     if "PixelData" not in ds:
@@ -222,7 +291,8 @@ def _slice(path: Path) -> _Slice:
     if (spacing <= 0).any():
         raise GTVError(f"{path.name} has pixel spacing {tuple(spacing)}; it must be positive")
     return _Slice(path, ds, _numbers(ds, "ImagePositionPatient", 3, path), orientation,
-                  (float(spacing[0]), float(spacing[1])), int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))
+                  (float(spacing[0]), float(spacing[1])), _whole_number(ds, "Rows", 0, path),
+                  _whole_number(ds, "Columns", 0, path))
 
 
 def _stack(slices: list[_Slice], folder: Path) -> Image:
@@ -289,12 +359,14 @@ def _check_positions(slices: list[_Slice], normal: np.ndarray) -> float:
 def _pixels(s: _Slice) -> np.ndarray:
     """One slice's values after the modality rescale, ``(rows, columns)``."""
     syntax = str(getattr(s.ds.file_meta, "TransferSyntaxUID", "")) if hasattr(s.ds, "file_meta") else ""
-    if syntax in _UNCOMPRESSED:
+    if syntax in _UNCOMPRESSED or syntax == _RLE_LOSSLESS or not syntax:  # none: pydicom says what it lacks
         try:
             raw = s.ds.pixel_array
         except Exception as exc:  # pydicom names a short or odd pixel data element
             raise GTVError(f"{s.name}: pixel data is damaged or cut short ({_first_line(exc)})") from None
         values = _rescale(raw, s)
+    elif syntax not in _GDCM_SYNTAXES:
+        raise GTVError(f"{s.name}: pixel data in transfer syntax {syntax[:64]!r}, which this reader does not decode")
     else:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(s.path))
@@ -347,5 +419,10 @@ def _fmt(values) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+    """The first line of an exception's message; when it only announces a list ("...: "), the
+    first line of the list (pydicom names the decoders that failed, one per line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return first[:160]

@@ -1,0 +1,207 @@
+"""Coverage-guided fuzzing (atheris) of the DICOM series reader: a folder of files in, one CT image
+or a one-line refusal out.
+
+    .venv/bin/python benchmarks/fuzz_dicom_series.py -atheris_runs=20000          # one command
+    .venv/bin/python benchmarks/fuzz_dicom_series.py -max_total_time=600 corpus/  # longer, keep a corpus
+
+Each input is cut at ``SEPARATOR`` into up to ``MAX_FILES`` files, written as one folder and read
+by ``GTVAutoSegLib.io.read_image`` (``dicomseries.read_series``). The seeds are small valid CT
+series (signed, unsigned with a rescale, a fractional slope, RLE-compressed), so the fuzzer starts
+from files whose every element the reader uses, and mutates headers, positions and pixel data.
+
+Allowed outcomes: a one-line :class:`GTVError`, or an image that a second reader agrees with. GDCM
+(SimpleITK's ``ImageFileReader``) reads each file on its own; every slice of the image must be a
+file of the folder with that slice's SOP instance UID whose position GDCM reads where the image puts
+the slice (origin + k x slice spacing along the normal, to the reader's spacing tolerance) and
+whose voxels GDCM decodes to the image's (after the rescale), with the same in-plane spacing. A
+slice GDCM cannot read is left out of the comparison (pydicom reads more than GDCM); an image
+of which GDCM confirms no slice at all is a crash too, as is any other exception, a multi-line
+message, a changed input file or a file added to the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+SEPARATOR = b"\n--GTVFUZZ-NEXT-FILE--\n"
+MAX_FILES = 8
+_WORK = Path(tempfile.mkdtemp(prefix="gtv-fuzz-dicom-"))
+
+
+def check_one(data: bytes) -> None:
+    """Write ``data`` as a folder of files and read it; raise AssertionError on a bad outcome."""
+    from GTVAutoSegLib.errors import GTVError
+    from GTVAutoSegLib.io import read_image
+
+    folder = _WORK / "series"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    parts = data.split(SEPARATOR)[:MAX_FILES]
+    for k, part in enumerate(parts):
+        (folder / f"{k:02d}.dcm").write_bytes(part)
+    before = {p.name: hashlib.sha256(p.read_bytes()).digest() for p in folder.iterdir()}
+    try:
+        image = read_image(folder)
+        _same_as_gdcm(image, folder)
+    except GTVError as exc:
+        message = str(exc)
+        assert message and "\n" not in message, f"GTVError not in one line: {message!r}"
+    after = {p.name: hashlib.sha256(p.read_bytes()).digest() for p in folder.iterdir()}
+    assert after == before, "the folder's files were changed, or files were added"
+
+
+def _gdcm_slices(folder: Path, uids) -> list[tuple[str, object]]:
+    """``(SOP instance UID, SimpleITK image)`` of every file with one of ``uids`` (by pydicom) that
+    GDCM reads as one 2D slice of one value per pixel. Files the image was not read from are not
+    given to GDCM: a damaged header can make it allocate gigabytes (4.3 GB for one of 1.7 kB)."""
+    import pydicom
+
+    from GTVAutoSegLib.image import sitk
+    from GTVAutoSegLib.native import quiet_stderr
+
+    found = []
+    for path in sorted(folder.iterdir()):
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            meta = getattr(ds, "file_meta", None)
+            # the file meta header's UID when the dataset's is blank, as the reader takes it
+            uid = str(ds.get("SOPInstanceUID", "") or "") or str(meta.get("MediaStorageSOPInstanceUID", "") if meta else "")
+        except Exception:  # not what the image was read from
+            continue
+        if uid not in uids:
+            continue
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            with quiet_stderr("GDCM"):
+                image = reader.Execute()
+        except RuntimeError:
+            continue
+        size = image.GetSize()
+        if image.GetDimension() == 3 and size[2] == 1 and image.GetNumberOfComponentsPerPixel() == 1:
+            found.append((uid, image))
+    return found
+
+
+def _same_as_gdcm(image, folder: Path) -> None:
+    import numpy as np
+
+    from GTVAutoSegLib import dicomseries
+    from GTVAutoSegLib.image import sitk
+
+    source = image.source
+    z = image.array.shape[0]
+    assert source is not None and len(source.sop_instance_uids) == z, "slices and SOP instance UIDs differ in number"
+    gdcm = _gdcm_slices(folder, set(source.sop_instance_uids))
+    direction = np.array(image.direction, float).reshape(3, 3)
+    normal = direction[:, 2]
+    step = float(image.spacing[2])
+    tol = max(dicomseries.POSITION_TOL_MM, dicomseries.SPACING_TOL * step)
+    confirmed = 0
+    for k, uid in enumerate(source.sop_instance_uids):
+        files = [im for u, im in gdcm if u == uid]
+        if not files:
+            continue  # GDCM reads no file with this UID
+        where = np.array(image.origin, float) + k * step * normal
+        ours = np.asarray(image.array[k], np.float64)
+        agree = []
+        for im in files:
+            theirs = sitk.GetArrayViewFromImage(im)[0].astype(np.float64)
+            agree.append(
+                np.linalg.norm(np.array(im.GetOrigin()) - where) <= (k + 1) * tol + 1e-6
+                and theirs.shape == ours.shape
+                and np.allclose(theirs, ours, rtol=1e-6, atol=1e-3)
+                and np.allclose(im.GetSpacing()[:2], image.spacing[:2], rtol=1e-6))
+        assert any(agree), f"slice {k} ({uid}) is not where, or not what, GDCM reads from its file"
+        confirmed += 1
+    assert confirmed, "GDCM confirms no slice of the image"
+
+
+def seeds() -> list[bytes]:
+    """Small valid CT series (4 slices of 6 x 5 pixels), each joined into one input."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1000, 1500, size=(4, 5, 6)).astype(np.int16)
+    out = [
+        _series(hu, signed=True, slope=1, intercept=0),
+        _series(hu, signed=False, slope=1, intercept=-1024, bits_stored=12),
+        _series(hu, signed=True, slope=0.5, intercept=-10),
+        _series(hu, signed=True, slope=1, intercept=0, rle=True),
+    ]
+    return out
+
+
+def _series(hu, signed: bool, slope: float, intercept: float, bits_stored: int = 16, rle: bool = False) -> bytes:
+    import io
+
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+
+    study, series, frame = (generate_uid(prefix="1.2.826.0.1.3680043.10.1234.", entropy_srcs=[str(k), str(signed),
+                                                                                           str(slope), str(rle)])
+                            for k in range(3))
+    files = []
+    for z, values in enumerate(hu):
+        stored = np.round((values.astype(np.float64) - intercept) / slope)
+        stored = stored.astype(np.int16) if signed else np.clip(stored, 0, 2 ** bits_stored - 1).astype(np.uint16)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid(prefix="1.2.826.0.1.3680043.10.1234.",
+                                                       entropy_srcs=[str(series), str(z)])
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", "FUZZ", "Fuzz^Seed"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [-10.0, -12.5, 40.0 + 2.5 * z]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [0.75, 0.8]
+        ds.SliceThickness = 2.5
+        ds.Rows, ds.Columns = stored.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+        ds.PixelRepresentation = 1 if signed else 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.InstanceNumber = z + 1
+        ds.PixelData = stored.tobytes()
+        if rle:
+            ds.compress(RLELossless)
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        files.append(buffer.getvalue())
+    return SEPARATOR.join(files)
+
+
+def main() -> None:
+    import warnings
+
+    import atheris
+
+    warnings.simplefilter("ignore")  # pydicom's and the reader's warnings on every damaged input
+
+    # Only the library is instrumented; pydicom, ITK and the rest are imported plainly (fast start).
+    with atheris.instrument_imports(include=["GTVAutoSegLib"]):
+        import GTVAutoSegLib.dicomseries  # noqa: F401
+        import GTVAutoSegLib.inputcheck  # noqa: F401
+        import GTVAutoSegLib.io  # noqa: F401
+    corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if corpus and not any(any(Path(c).iterdir()) for c in corpus if Path(c).is_dir()):  # empty: seed it
+        for k, seed in enumerate(seeds()):
+            (Path(corpus[0]) / f"seed{k}").write_bytes(seed)
+    atheris.Setup(sys.argv, check_one)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

@@ -1,0 +1,210 @@
+"""The atheris target over the DICOM series reader (``benchmarks/fuzz_dicom_series.py``): a short
+seeded run in CI (a fixed seed and number of runs), its oracle shown to fail on a wrong image, and the
+inputs it found, kept as regression tests."""
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fuzz_dicom_series as fuzz  # noqa: E402
+
+from GTVAutoSegLib.errors import GTVError  # noqa: E402
+from GTVAutoSegLib.io import read_image  # noqa: E402
+
+SEEDS = fuzz.seeds()
+SEED_IDS = ["signed", "unsigned-12-bit-rescaled", "fractional-slope", "rle"]
+
+
+def test_a_short_fuzzing_run_finds_no_crash(tmp_path):
+    pytest.importorskip("atheris", reason="atheris is not installed")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz_dicom_series.py"), "-runs=600", "-seed=1",
+                        "-rss_limit_mb=3072", "-timeout=20", str(corpus)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**os.environ, "PYTHONHASHSEED": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Done" in r.stderr and "runs in" in r.stderr
+    assert len(list(corpus.iterdir())) >= len(SEEDS)  # it started from the seeds
+
+
+@pytest.mark.parametrize("data", SEEDS, ids=SEED_IDS)
+def test_seeds_read_as_the_four_slices_they_hold(data):
+    fuzz.check_one(data)
+    image = read_image(fuzz._WORK / "series")
+    assert image.array.shape == (4, 5, 6)
+    assert image.spacing == (0.8, 0.75, 2.5) and image.origin == (-10.0, -12.5, 40.0)
+
+
+def _read_seed(k: int = 0):
+    fuzz.check_one(SEEDS[k])
+    folder = fuzz._WORK / "series"
+    return read_image(folder), folder
+
+
+@pytest.mark.parametrize("wrong", ["reversed", "one-voxel-off", "shifted-origin", "spacing"])
+def test_the_oracle_fails_on_an_image_that_is_not_the_files(wrong):
+    image, folder = _read_seed()
+    fuzz._same_as_gdcm(image, folder)  # the image as read passes
+    array = np.array(image.array)
+    if wrong == "reversed":
+        bad = image.with_array(array[::-1].copy())
+    elif wrong == "one-voxel-off":
+        array[2, 3, 4] += 1
+        bad = image.with_array(array)
+    elif wrong == "shifted-origin":
+        bad = replace(image, origin=(image.origin[0], image.origin[1], image.origin[2] + 2.5))
+    else:
+        bad = replace(image, spacing=(image.spacing[0], image.spacing[1], 2.0))
+    with pytest.raises(AssertionError):
+        fuzz._same_as_gdcm(bad, folder)
+
+
+def _with_unknown_vr(data: bytes) -> bytes:
+    """The seed with PatientID's VR (explicit little endian ``LO``) made an unknown one in its
+    second file, as the fuzzer found it."""
+    files = data.split(fuzz.SEPARATOR)
+    tag = b"\x10\x00\x20\x00LO"
+    assert tag in files[1]
+    files[1] = files[1].replace(tag, b"\x10\x00\x20\x00L\xb7", 1)
+    return fuzz.SEPARATOR.join(files)
+
+
+def test_an_element_with_an_unknown_vr_is_refused_naming_the_file():
+    # Found by the fuzzer: pydicom decodes an element when it is first used, and the series'
+    # PatientID (read last, for the DICOM export) raised NotImplementedError from deep inside. Also
+    # found: a file GDCM would not read at all, with an unknown VR in an element the reader does not
+    # use, was read. An element whose explicit VR is none of the standard's is damage either way.
+    data = _with_unknown_vr(SEEDS[0])
+    fuzz.check_one(data)  # a one-line GTVError is an allowed outcome
+    with pytest.raises(GTVError, match=r"^01\.dcm is a damaged DICOM file \(element \(0010,0020\) has no valid "
+                                       r"value representation\)$"):
+        read_image(fuzz._WORK / "series")
+
+
+def test_an_invalid_number_of_frames_is_refused_in_one_line(tmp_path):
+    import pydicom
+
+    folder = _copy_seed(tmp_path)
+    path = folder / "02.dcm"
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 9
+    ds.save_as(path)
+    element = b"\x28\x00\x08\x00IS\x02\x009 "  # (0028,0008) IS, 2 bytes: "9 "
+    data = path.read_bytes()
+    assert data.count(element) == 1
+    path.write_bytes(data.replace(element, element[:-2] + b"x "))  # not a number (pydicom cannot set it)
+    with pytest.raises(GTVError) as e:
+        read_image(folder)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message == "02.dcm has an invalid NumberOfFrames ('x')"
+
+
+def _copy_seed(tmp_path, k: int = 0) -> Path:
+    fuzz.check_one(SEEDS[k])
+    target = tmp_path / "series"
+    target.mkdir()
+    for p in (fuzz._WORK / "series").iterdir():
+        (target / p.name).write_bytes(p.read_bytes())
+    return target
+
+
+def _as_secondary_capture(path: Path, out: Path, own_series: bool) -> None:
+    """A scanner's protocol or dose page: Modality CT, Secondary Capture, no patient geometry."""
+    import pydicom
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    if own_series:
+        ds.SeriesInstanceUID = generate_uid()
+    ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient
+    ds.save_as(out)
+
+
+def test_a_secondary_capture_with_modality_ct_beside_the_series_is_left_out(tmp_path, recwarn):
+    # Found through the fuzzer's oracle (GDCM took no pixel spacing from a file whose SOP class UID
+    # it had mutated): such a file was read as a slice, and one without patient geometry (a dose
+    # report or protocol page, Modality CT) made the whole folder be refused.
+    folder = _copy_seed(tmp_path)
+    _as_secondary_capture(folder / "00.dcm", folder / "zz_protocol.dcm", own_series=True)
+    image = read_image(folder)
+    assert image.array.shape == (4, 5, 6)
+    assert not [w for w in recwarn if "not CT images" in str(w.message)]
+
+
+def test_a_secondary_capture_under_the_series_uid_is_left_out_with_a_warning(tmp_path):
+    folder = _copy_seed(tmp_path)
+    _as_secondary_capture(folder / "03.dcm", folder / "03.dcm", own_series=False)  # the last slice
+    with pytest.warns(UserWarning, match=r"also holds 1 object\(s\) of Modality CT that are not CT images \(03\.dcm\)"):
+        image = read_image(folder)
+    assert image.array.shape == (3, 5, 6)
+
+
+def test_only_secondary_captures_are_named_when_no_series_is_left(tmp_path):
+    folder = _copy_seed(tmp_path)
+    for p in sorted(folder.iterdir()):
+        _as_secondary_capture(p, p, own_series=False)
+    with pytest.raises(GTVError, match=r"no DICOM CT image series found .*CT objects of SOP class Secondary Capture Image Storage"):
+        read_image(folder)
+
+
+def test_an_rle_slice_with_a_damaged_header_is_refused_not_a_crash(tmp_path):
+    # Found by the fuzzer: GDCM, which decoded every compressed slice, crashed the process (a
+    # segmentation fault) on an RLE header claiming 131,074 segments. RLE is pydicom's to decode
+    # now, which refuses that header. The read runs in a subprocess so a regression fails here.
+    import pydicom
+
+    folder = _copy_seed(tmp_path, SEED_IDS.index("rle"))
+    path = folder / "01.dcm"
+    ds = pydicom.dcmread(path)
+    data = bytearray(ds.PixelData)
+    # the basic offset table's item, then the frame's item, whose value starts with the RLE header
+    assert data[:4] == b"\xfe\xff\x00\xe0"
+    frame = 8 + int.from_bytes(data[4:8], "little")
+    assert data[frame:frame + 4] == b"\xfe\xff\x00\xe0"
+    header = frame + 8
+    assert int.from_bytes(data[header:header + 4], "little") == 2  # two segments: a 16-bit value's two bytes
+    data[header:header + 4] = (131074).to_bytes(4, "little")
+    ds.PixelData = bytes(data)
+    ds.save_as(path)
+    code = ("import sys; from GTVAutoSegLib.io import read_image; from GTVAutoSegLib.errors import GTVError\n"
+            "try:\n    read_image(sys.argv[1])\nexcept GTVError as e:\n    print(e)")
+    r = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.strip() == ("01.dcm: pixel data is damaged or cut short "
+                                "(pydicom: The RLE header specifies an invalid number of segments (131074))")
+
+
+def test_pixel_data_in_a_transfer_syntax_no_decoder_here_knows_is_refused(tmp_path):
+    folder = _copy_seed(tmp_path)
+    path = folder / "02.dcm"
+    data = path.read_bytes()
+    explicit_le = b"1.2.840.10008.1.2.1\x00"  # padded to an even length: 20 bytes
+    assert data.count(explicit_le) == 1
+    path.write_bytes(data.replace(explicit_le, b"1.2.840.10008.1.2.99"))  # 20 bytes too (pydicom would refuse to write it)
+    with pytest.raises(GTVError, match=r"^02\.dcm: pixel data in transfer syntax '1\.2\.840\.10008\.1\.2\.99', "
+                                       r"which this reader does not decode$"):
+        read_image(folder)
+
+
+def test_an_unknown_vr_in_an_element_the_reader_does_not_use_is_refused_too():
+    files = SEEDS[0].split(fuzz.SEPARATOR)
+    tag = b"\x20\x00\x13\x00IS"  # InstanceNumber: never read (slices are ordered by position)
+    assert tag in files[0]
+    files[0] = files[0].replace(tag, b"\x20\x00\x13\x00TV", 1)
+    fuzz.check_one(fuzz.SEPARATOR.join(files))
+    with pytest.raises(GTVError, match=r"^00\.dcm is a damaged DICOM file \(element \(0020,0013\) has no valid "
+                                       r"value representation\)$"):
+        read_image(fuzz._WORK / "series")
