@@ -361,9 +361,16 @@ def _pixels(s: _Slice) -> np.ndarray:
     syntax = str(getattr(s.ds.file_meta, "TransferSyntaxUID", "")) if hasattr(s.ds, "file_meta") else ""
     if syntax in _UNCOMPRESSED or syntax == _RLE_LOSSLESS or not syntax:  # none: pydicom says what it lacks
         try:
-            raw = s.ds.pixel_array
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                raw = s.ds.pixel_array
         except Exception as exc:  # pydicom names a short or odd pixel data element
             raise GTVError(f"{s.name}: pixel data is damaged or cut short ({_first_line(exc)})") from None
+        if caught:
+            # pydicom decodes what it can and warns: more bytes than Rows x Columns need (a header
+            # whose Columns went 512 -> 511 gives sheared slices of plausible values), an RLE
+            # segment that decodes to more than its share. The header and the data disagree.
+            raise GTVError(f"{s.name}: pixel data does not match its header ({_first_line(caught[0].message)})")
         values = _rescale(raw, s)
     elif syntax not in _GDCM_SYNTAXES:
         raise GTVError(f"{s.name}: pixel data in transfer syntax {syntax[:64]!r}, which this reader does not decode")

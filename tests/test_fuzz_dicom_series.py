@@ -208,3 +208,36 @@ def test_an_unknown_vr_in_an_element_the_reader_does_not_use_is_refused_too():
     with pytest.raises(GTVError, match=r"^00\.dcm is a damaged DICOM file \(element \(0020,0013\) has no valid "
                                        r"value representation\)$"):
         read_image(fuzz._WORK / "series")
+
+
+@pytest.mark.parametrize("change, message", [
+    ("columns", r"^00\.dcm: pixel data does not match its header \(The pixel data is 60 bytes long, which indicates "
+                r"it contains 10 bytes of excess padding to be removed\)$"),
+    ("rle-segment", r"^01\.dcm: pixel data does not match its header \(The decoded RLE segment contains "
+                    r"non-conformant padding - 3[1-9] vs\. 30 bytes expected\)$"),
+])
+def test_pixel_data_longer_than_its_header_says_is_refused(tmp_path, change, message):
+    # Found through the fuzzer (an RLE slice GDCM would not decode, pydicom decoded with a warning):
+    # pydicom reads what the header asks for and warns of the rest. A slice whose Columns says 5 of
+    # its 6 was read sheared, every value plausible.
+    import pydicom
+
+    folder = _copy_seed(tmp_path, SEED_IDS.index("rle") if change == "rle-segment" else 0)
+    path = folder / "01.dcm"
+    ds = pydicom.dcmread(path)
+    if change == "columns":
+        for p in folder.iterdir():  # every slice alike: the series stays one size
+            other = pydicom.dcmread(p)
+            other.Columns = 5
+            other.save_as(p)
+    else:
+        data = bytearray(ds.PixelData)
+        frame = 8 + int.from_bytes(data[4:8], "little") + 8  # the frame's value: RLE header, then segments
+        first = frame + int.from_bytes(data[frame + 4:frame + 8], "little")  # the first segment
+        assert data[first] < 128  # a literal run: n + 1 bytes follow
+        # a longer first literal run: the segment decodes to more than its 30 bytes
+        data[first] += 1
+        ds.PixelData = bytes(data)
+        ds.save_as(path)
+    with pytest.raises(GTVError, match=message):
+        read_image(folder)
