@@ -163,6 +163,8 @@ def _read(path: Path, pixels: bool):
             ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels, defer_size="64 KB")
             meta = getattr(ds, "file_meta", None)
             bad = (_unknown_vr(meta) if meta is not None else None) or _unknown_vr(ds)
+            disorder = _out_of_order(meta) if meta is not None else None
+            disorder = disorder or _out_of_order(ds)
             for keyword in _USED_KEYWORDS if bad is None else ():
                 ds.get(keyword)
             for keyword in _USED_META_KEYWORDS if meta is not None and bad is None else ():
@@ -173,6 +175,9 @@ def _read(path: Path, pixels: bool):
         raise GTVError(f"{path.name} is a damaged DICOM file ({type(exc).__name__})") from None
     if bad is not None:  # the file's structure went astray there, whatever the elements after it say
         raise GTVError(f"{path.name} is a damaged DICOM file (element {bad} has no valid value representation)")
+    if disorder is not None:  # a damaged tag, or bytes after the pixel data read as elements
+        raise GTVError(f"{path.name} is a damaged DICOM file (element {disorder[1]} follows {disorder[0]}; "
+                       "elements must come in ascending tag order)")
     for w in caught:
         text = str(w.message)
         if "end of file" in text.lower():  # pydicom's only word for a file cut short
@@ -180,6 +185,18 @@ def _read(path: Path, pixels: bool):
         logger.debug("pydicom on %s: %s", path.name, text)
     _sop_from_file_meta(ds)
     return ds
+
+
+def _out_of_order(ds):
+    """``(previous, tag)`` of the first top-level element that does not follow its predecessor in
+    ascending tag order (the order pydicom read them from the file), else None. GDCM does not read
+    such a file at all."""
+    previous = None
+    for tag in ds.keys():  # insertion order: the file's
+        if previous is not None and tag <= previous:
+            return previous, tag
+        previous = tag
+    return None
 
 
 def _unknown_vr(ds):

@@ -241,3 +241,22 @@ def test_pixel_data_longer_than_its_header_says_is_refused(tmp_path, change, mes
         ds.save_as(path)
     with pytest.raises(GTVError, match=message):
         read_image(folder)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("tag", r"element \(0010,0020\) follows \(0010,0090\)"),
+    ("trailing", r"element \(0040,2E31\) follows \(7FE0,0010\)"),
+])
+def test_elements_out_of_tag_order_are_refused(damage, message):
+    # Found by the fuzzer: a damaged tag (PatientName's read as (0010,0090)) and bytes after the
+    # pixel data read as one more element; pydicom read both files, GDCM neither.
+    files = SEEDS[2].split(fuzz.SEPARATOR)
+    if damage == "tag":
+        assert b"\x10\x00\x10\x00PN" in files[1]
+        files[1] = files[1].replace(b"\x10\x00\x10\x00PN", b"\x10\x00\x90\x00PN", 1)
+    else:
+        files[1] += b"\x40\x00\x31\x2eLO\x02\x00AB"
+    fuzz.check_one(fuzz.SEPARATOR.join(files))
+    with pytest.raises(GTVError, match=r"^01\.dcm is a damaged DICOM file \(" + message +
+                       r"; elements must come in ascending tag order\)$"):
+        read_image(fuzz._WORK / "series")
