@@ -14,9 +14,10 @@ Allowed outcomes: a one-line :class:`GTVError`, or an image that a second reader
 file of the folder with that slice's SOP instance UID whose position GDCM reads where the image puts
 the slice (origin + k x slice spacing along the normal, to the reader's spacing tolerance) and
 whose voxels GDCM decodes to the image's (after the rescale), with the same in-plane spacing. A
-slice GDCM cannot read is left out of the comparison (pydicom reads more than GDCM); an image
-of which GDCM confirms no slice at all is a crash too, as is any other exception, a multi-line
-message, a changed input file or a file added to the folder.
+slice read from a file GDCM takes for DICOM but fails to read is a crash (pydicom decoded what
+GDCM would not: an RLE segment too long, say); a file GDCM does not take for DICOM at all is left
+out of the comparison (GDCM is stricter about a file's structure). Any other exception, a
+multi-line message, a changed input file or a file added to the folder is a crash too.
 """
 
 from __future__ import annotations
@@ -56,9 +57,12 @@ def check_one(data: bytes) -> None:
 
 
 def _gdcm_slices(folder: Path, uids) -> list[tuple[str, object]]:
-    """``(SOP instance UID, SimpleITK image)`` of every file with one of ``uids`` (by pydicom) that
-    GDCM reads as one 2D slice of one value per pixel. Files the image was not read from are not
-    given to GDCM: a damaged header can make it allocate gigabytes (4.3 GB for one of 1.7 kB)."""
+    """``(SOP instance UID, SimpleITK image or None)`` of every file with one of ``uids`` (by
+    pydicom) that GDCM takes for DICOM: the image when GDCM reads it as one 2D slice of one value per
+    pixel, None when it fails to. A file GDCM does not take for DICOM at all (it is stricter about a
+    file's structure than pydicom: trailing bytes, say) is left out. Files the image was not read
+    from are not given to GDCM: a damaged header can make it allocate gigabytes (4.3 GB for one of
+    1.7 kB)."""
     import pydicom
 
     from GTVAutoSegLib.image import sitk
@@ -67,7 +71,7 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, object]]:
     found = []
     for path in sorted(folder.iterdir()):
         try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            ds = pydicom.dcmread(str(path), defer_size="64 KB")  # every element, the large ones unread
             meta = getattr(ds, "file_meta", None)
             # the file meta header's UID when the dataset's is blank, as the reader takes it
             uid = str(ds.get("SOPInstanceUID", "") or "") or str(meta.get("MediaStorageSOPInstanceUID", "") if meta else "")
@@ -75,12 +79,16 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, object]]:
             continue
         if uid not in uids:
             continue
+        if any(tag > 0x7FE00010 for tag in ds.keys()):  # bytes after the pixel data read as an element:
+            continue  # GDCM allocates what its length claims (2.9 GB for one) before it gives up
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:
             with quiet_stderr("GDCM"):
                 image = reader.Execute()
-        except RuntimeError:
+        except RuntimeError as exc:
+            if "Unable to determine ImageIO reader" not in str(exc):
+                found.append((uid, None))
             continue
         size = image.GetSize()
         if image.GetDimension() == 3 and size[2] == 1 and image.GetNumberOfComponentsPerPixel() == 1:
@@ -102,11 +110,12 @@ def _same_as_gdcm(image, folder: Path) -> None:
     normal = direction[:, 2]
     step = float(image.spacing[2])
     tol = max(dicomseries.POSITION_TOL_MM, dicomseries.SPACING_TOL * step)
-    confirmed = 0
     for k, uid in enumerate(source.sop_instance_uids):
         files = [im for u, im in gdcm if u == uid]
         if not files:
-            continue  # GDCM reads no file with this UID
+            continue  # GDCM takes no file with this UID for DICOM
+        assert any(im is not None for im in files), f"slice {k} ({uid}) was read from a file GDCM fails to read"
+        files = [im for im in files if im is not None]
         where = np.array(image.origin, float) + k * step * normal
         ours = np.asarray(image.array[k], np.float64)
         agree = []
@@ -118,8 +127,6 @@ def _same_as_gdcm(image, folder: Path) -> None:
                 and np.allclose(theirs, ours, rtol=1e-6, atol=1e-3)
                 and np.allclose(im.GetSpacing()[:2], image.spacing[:2], rtol=1e-6))
         assert any(agree), f"slice {k} ({uid}) is not where, or not what, GDCM reads from its file"
-        confirmed += 1
-    assert confirmed, "GDCM confirms no slice of the image"
 
 
 def seeds() -> list[bytes]:
