@@ -376,6 +376,8 @@ def _check_positions(slices: list[_Slice], normal: np.ndarray) -> float:
 def _pixels(s: _Slice) -> np.ndarray:
     """One slice's values after the modality rescale, ``(rows, columns)``."""
     syntax = str(getattr(s.ds.file_meta, "TransferSyntaxUID", "")) if hasattr(s.ds, "file_meta") else ""
+    if syntax == _RLE_LOSSLESS or syntax in _GDCM_SYNTAXES:
+        _check_fragments(s)
     if syntax in _UNCOMPRESSED or syntax == _RLE_LOSSLESS or not syntax:  # none: pydicom says what it lacks
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -402,6 +404,20 @@ def _pixels(s: _Slice) -> np.ndarray:
     if values.shape != (s.rows, s.columns):
         raise GTVError(f"{s.name}: pixel data is {values.shape}, its header says {s.rows}x{s.columns}")
     return values
+
+
+def _check_fragments(s: _Slice) -> None:
+    """Compressed pixel data must be whole items to its last byte. For an RLE frame followed by a
+    stray sequence delimiter GDCM allocated 4.3 GB, even only to read the header (found by fuzzing)."""
+    from pydicom.encaps import generate_fragments
+
+    try:
+        data = s.ds.PixelData
+        used = sum(8 + len(fragment) for fragment in generate_fragments(data))
+    except Exception as exc:  # pydicom names an item tag or length that is not one
+        raise GTVError(f"{s.name}: compressed pixel data is damaged ({_first_line(exc)})") from None
+    if used != len(data):
+        raise GTVError(f"{s.name}: compressed pixel data is damaged ({len(data) - used} bytes after its last fragment)")
 
 
 def _rescale(raw: np.ndarray, s: _Slice) -> np.ndarray:

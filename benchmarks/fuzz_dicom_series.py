@@ -26,6 +26,7 @@ import hashlib
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 SEPARATOR = b"\n--GTVFUZZ-NEXT-FILE--\n"
@@ -56,13 +57,19 @@ def check_one(data: bytes) -> None:
     assert after == before, "the folder's files were changed, or files were added"
 
 
-def _gdcm_slices(folder: Path, uids) -> list[tuple[str, object]]:
-    """``(SOP instance UID, SimpleITK image or None)`` of every file with one of ``uids`` (by
-    pydicom) that GDCM takes for DICOM: the image when GDCM reads it as one 2D slice of one value per
-    pixel, None when it fails to. A file GDCM does not take for DICOM at all (it is stricter about a
-    file's structure than pydicom: trailing bytes, say) is left out. Files the image was not read
-    from are not given to GDCM: a damaged header can make it allocate gigabytes (4.3 GB for one of
-    1.7 kB)."""
+def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
+    """``(SOP instance UID, (origin, spacing, values) or None)`` of every file with one of ``uids``
+    (by pydicom) that GDCM takes for DICOM: what GDCM reads from it when that is one 2D slice of one
+    value per pixel, None when it fails to read it. A file GDCM does not take for DICOM at all (it is
+    stricter about a file's structure than pydicom: trailing bytes, say) is left out.
+
+    An RLE file is never given to GDCM: for a frame followed by a stray sequence delimiter (which
+    pydicom decodes to the seed's values) GDCM allocated 4.3 GB, even only to read the header. Its
+    position, spacing and voxels are then pydicom's, rescaled here: the comparison still checks
+    the reader's order, stacking and rescale. Files the image was not read from are not given
+    to GDCM either: a damaged header can make it allocate gigabytes (4.3 GB for one of 1.7 kB), and
+    so can an element after the pixel data (2.9 GB)."""
+    import numpy as np
     import pydicom
 
     from GTVAutoSegLib.image import sitk
@@ -75,24 +82,38 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, object]]:
             meta = getattr(ds, "file_meta", None)
             # the file meta header's UID when the dataset's is blank, as the reader takes it
             uid = str(ds.get("SOPInstanceUID", "") or "") or str(meta.get("MediaStorageSOPInstanceUID", "") if meta else "")
+            rle = str(meta.get("TransferSyntaxUID", "") if meta else "") == "1.2.840.10008.1.2.5"
         except Exception:  # not what the image was read from
             continue
-        if uid not in uids:
+        if uid not in uids or any(tag > 0x7FE00010 for tag in ds.keys()):
             continue
-        if any(tag > 0x7FE00010 for tag in ds.keys()):  # bytes after the pixel data read as an element:
-            continue  # GDCM allocates what its length claims (2.9 GB for one) before it gives up
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:
             with quiet_stderr("GDCM"):
-                image = reader.Execute()
+                if rle:
+                    position = [float(v) for v in ds.ImagePositionPatient]
+                    row_col = [float(v) for v in ds.PixelSpacing]  # (row, column) spacing: (y, x)
+                    size, origin, spacing = (int(ds.Columns), int(ds.Rows), 1), position, (row_col[1], row_col[0])
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        raw = ds.pixel_array.astype(np.float64)
+                    values = raw * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+                    components = int(ds.get("SamplesPerPixel", 1) or 1)
+                else:
+                    image = reader.Execute()
+                    size, origin, spacing = image.GetSize(), image.GetOrigin(), image.GetSpacing()
+                    values = sitk.GetArrayViewFromImage(image)[0].astype(np.float64)
+                    components = image.GetNumberOfComponentsPerPixel()
         except RuntimeError as exc:
             if "Unable to determine ImageIO reader" not in str(exc):
                 found.append((uid, None))
             continue
-        size = image.GetSize()
-        if image.GetDimension() == 3 and size[2] == 1 and image.GetNumberOfComponentsPerPixel() == 1:
-            found.append((uid, image))
+        except Exception:  # pydicom could not read an RLE file's position or frame
+            found.append((uid, None))
+            continue
+        if len(size) == 3 and size[2] == 1 and components == 1:
+            found.append((uid, (origin, spacing, values)))
     return found
 
 
@@ -100,7 +121,6 @@ def _same_as_gdcm(image, folder: Path) -> None:
     import numpy as np
 
     from GTVAutoSegLib import dicomseries
-    from GTVAutoSegLib.image import sitk
 
     source = image.source
     z = image.array.shape[0]
@@ -111,21 +131,17 @@ def _same_as_gdcm(image, folder: Path) -> None:
     step = float(image.spacing[2])
     tol = max(dicomseries.POSITION_TOL_MM, dicomseries.SPACING_TOL * step)
     for k, uid in enumerate(source.sop_instance_uids):
-        files = [im for u, im in gdcm if u == uid]
+        files = [read for u, read in gdcm if u == uid]
         if not files:
             continue  # GDCM takes no file with this UID for DICOM
-        assert any(im is not None for im in files), f"slice {k} ({uid}) was read from a file GDCM fails to read"
-        files = [im for im in files if im is not None]
+        assert any(read is not None for read in files), f"slice {k} ({uid}) was read from a file GDCM fails to read"
         where = np.array(image.origin, float) + k * step * normal
         ours = np.asarray(image.array[k], np.float64)
-        agree = []
-        for im in files:
-            theirs = sitk.GetArrayViewFromImage(im)[0].astype(np.float64)
-            agree.append(
-                np.linalg.norm(np.array(im.GetOrigin()) - where) <= (k + 1) * tol + 1e-6
-                and theirs.shape == ours.shape
-                and np.allclose(theirs, ours, rtol=1e-6, atol=1e-3)
-                and np.allclose(im.GetSpacing()[:2], image.spacing[:2], rtol=1e-6))
+        agree = [np.linalg.norm(np.array(origin) - where) <= (k + 1) * tol + 1e-6
+                 and theirs.shape == ours.shape
+                 and np.allclose(theirs, ours, rtol=1e-6, atol=1e-3)
+                 and np.allclose(spacing[:2], image.spacing[:2], rtol=1e-6)
+                 for origin, spacing, theirs in (read for read in files if read is not None)]
         assert any(agree), f"slice {k} ({uid}) is not where, or not what, GDCM reads from its file"
 
 
@@ -190,8 +206,6 @@ def _series(hu, signed: bool, slope: float, intercept: float, bits_stored: int =
 
 
 def main() -> None:
-    import warnings
-
     import atheris
 
     warnings.simplefilter("ignore")  # pydicom's and the reader's warnings on every damaged input
