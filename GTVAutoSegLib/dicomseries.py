@@ -407,17 +407,28 @@ def _pixels(s: _Slice) -> np.ndarray:
 
 
 def _check_fragments(s: _Slice) -> None:
-    """Compressed pixel data must be whole items to its last byte. For an RLE frame followed by a
-    stray sequence delimiter GDCM allocated 4.3 GB, even only to read the header (found by fuzzing)."""
-    from pydicom.encaps import generate_fragments
-
+    """Compressed pixel data must be items (the offset table, then the fragments), each whole, to its
+    last byte. A value that runs on past them, or an item cut short, is damage: for RLE data whose
+    undefined length had become a defined one of 4.29 GB (the value then ran to the end of the file,
+    sequence delimiter included) GDCM allocated 4.3 GB, even only to read the header (found by
+    fuzzing). pydicom's own fragment reader stops at a delimiter and keeps a cut item as it is."""
     try:
         data = s.ds.PixelData
-        used = sum(8 + len(fragment) for fragment in generate_fragments(data))
-    except Exception as exc:  # pydicom names an item tag or length that is not one
+    except Exception as exc:
         raise GTVError(f"{s.name}: compressed pixel data is damaged ({_first_line(exc)})") from None
-    if used != len(data):
-        raise GTVError(f"{s.name}: compressed pixel data is damaged ({len(data) - used} bytes after its last fragment)")
+    position, items = 0, 0
+    while position < len(data):
+        tag, length = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
+        if tag != b"\xfe\xff\x00\xe0" or position + 8 > len(data):  # (FFFE,E000): an item
+            what = "a sequence delimiter" if tag == b"\xfe\xff\xdd\xe0" else f"bytes {tag.hex()}"
+            raise GTVError(f"{s.name}: compressed pixel data is damaged ({what} where item {items + 1} should start, "
+                           f"{len(data) - position} bytes after its last fragment)")
+        if position + 8 + length > len(data):
+            raise GTVError(f"{s.name}: compressed pixel data is damaged (item {items + 1} is cut short: "
+                           f"{length:,} bytes claimed, {len(data) - position - 8:,} there)")
+        position, items = position + 8 + length, items + 1
+    if items < 2:  # the offset table (possibly empty) and at least one fragment
+        raise GTVError(f"{s.name}: compressed pixel data is damaged (no fragment after the offset table)")
 
 
 def _rescale(raw: np.ndarray, s: _Slice) -> np.ndarray:

@@ -263,15 +263,26 @@ def test_elements_out_of_tag_order_are_refused(damage, message):
 
 
 def test_compressed_pixel_data_with_bytes_after_its_last_fragment_is_refused(tmp_path):
-    # Found by the fuzzer: an RLE frame followed by a stray sequence delimiter. pydicom decoded the
-    # frame; GDCM allocated 4.3 GB for the file, even only to read its header (the fuzzer's oracle
-    # no longer gives RLE files to GDCM; the reader gives it JPEG ones, checked the same way first).
-    import pydicom
-
+    # Found by the fuzzer: RLE pixel data whose undefined length (0xFFFFFFFF) became a defined one of
+    # 4.29 GB, so the value runs to the end of the file and holds the sequence delimiter after the
+    # frame. pydicom decoded the frame; GDCM allocated 4.3 GB for the file, even only to read its
+    # header (the fuzzer's oracle no longer gives RLE files to GDCM; the reader gives it JPEG ones,
+    # checked the same way first).
     folder = _copy_seed(tmp_path, SEED_IDS.index("rle"))
     path = folder / "00.dcm"
-    ds = pydicom.dcmread(path)
-    ds.PixelData = ds.PixelData + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-    ds.save_as(path)
-    with pytest.raises(GTVError, match=r"^00\.dcm: compressed pixel data is damaged \(8 bytes after its last fragment\)$"):
+    data = path.read_bytes()
+    header = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"  # (7FE0,0010) OB, undefined length
+    assert data.count(header) == 1
+    path.write_bytes(data.replace(header, header[:-4] + b"\xff\xff\xbf\xff"))
+    with pytest.raises(GTVError, match=r"^00\.dcm: compressed pixel data is damaged \(a sequence delimiter where item 3 should start, 8 bytes "
+                       r"after its last fragment\)$"):
         read_image(folder)
+
+
+def test_compressed_pixel_data_cut_inside_a_fragment_is_refused():
+    files = SEEDS[SEED_IDS.index("rle")].split(fuzz.SEPARATOR)
+    cut = files[1][:-30]  # the file ends 30 bytes early: inside the frame's fragment (the delimiter is 8)
+    files[1] = cut
+    fuzz.check_one(fuzz.SEPARATOR.join(files))
+    with pytest.raises(GTVError, match=r"^01\.dcm is a damaged DICOM file \(cut short\)$"):
+        read_image(fuzz._WORK / "series")
