@@ -51,7 +51,7 @@ CT_IMAGE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
 # line naming the file, and not wherever the value is first needed.
 _USED_KEYWORDS = ("Modality", "ImageType", "NumberOfFrames", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
                   "StudyInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient",
-                  "PixelSpacing", "Rows", "Columns", "SpacingBetweenSlices", "SliceThickness", "RescaleSlope",
+                  "PixelSpacing", "Rows", "Columns", "PhotometricInterpretation", "SpacingBetweenSlices", "SliceThickness", "RescaleSlope",
                   "RescaleIntercept", *PATIENT_STUDY_KEYWORDS)
 _USED_META_KEYWORDS = ("TransferSyntaxUID", "MediaStorageSOPInstanceUID", "MediaStorageSOPClassUID")
 # Positions agree to this (mm); spacings to this fraction of the slice spacing.
@@ -76,6 +76,7 @@ class _Slice:
     pixel_spacing: tuple[float, float]
     rows: int
     columns: int
+    photometric: str = "MONOCHROME2"
     along: float = 0.0  # position projected on the slice normal
     name: str = field(init=False)
 
@@ -307,9 +308,13 @@ def _slice(path: Path) -> _Slice:
     spacing = _numbers(ds, "PixelSpacing", 2, path)
     if (spacing <= 0).any():
         raise GTVError(f"{path.name} has pixel spacing {tuple(spacing)}; it must be positive")
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):  # PALETTE COLOR would give palette indices as values
+        raise GTVError(f"{path.name} has photometric interpretation {photometric[:32] or 'none'}; "
+                       "a CT slice is MONOCHROME1 or MONOCHROME2")
     return _Slice(path, ds, _numbers(ds, "ImagePositionPatient", 3, path), orientation,
                   (float(spacing[0]), float(spacing[1])), _whole_number(ds, "Rows", 0, path),
-                  _whole_number(ds, "Columns", 0, path))
+                  _whole_number(ds, "Columns", 0, path), photometric)
 
 
 def _stack(slices: list[_Slice], folder: Path) -> Image:
@@ -318,6 +323,9 @@ def _stack(slices: list[_Slice], folder: Path) -> Image:
         if np.abs(s.orientation - first.orientation).max() > 1e-4:
             raise GTVError(f"slice {s.name} is in another orientation ({_fmt(s.orientation)}) than {first.name} "
                            f"({_fmt(first.orientation)}); one series must be one stack of parallel slices")
+        if s.photometric != first.photometric:  # values are HU by the rescale either way, but a series is one kind
+            raise GTVError(f"slice {s.name} is {s.photometric}, {first.name} {first.photometric}; "
+                           "one series needs one photometric interpretation")
         if (s.rows, s.columns) != (first.rows, first.columns) or np.abs(np.subtract(s.pixel_spacing, first.pixel_spacing)).max() > 1e-4:
             raise GTVError(f"slice {s.name} is {s.columns}x{s.rows} at {s.pixel_spacing} mm, {first.name} "
                            f"{first.columns}x{first.rows} at {first.pixel_spacing} mm; one series needs one slice size")

@@ -63,7 +63,7 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
     value per pixel, None when it fails to read it. A file GDCM does not take for DICOM at all (it is
     stricter about a file's structure than pydicom: trailing bytes, say) is left out.
 
-    An RLE file is never given to GDCM: for a frame followed by a stray sequence delimiter (which
+    An RLE file is never given to GDCM (nor a MONOCHROME1 one, whose stored values GDCM inverts): for a frame followed by a stray sequence delimiter (which
     pydicom decodes to the seed's values) GDCM allocated 4.3 GB, even only to read the header. Its
     position, spacing and voxels are then pydicom's, rescaled here: the comparison still checks
     the reader's order, stacking and rescale. Files the image was not read from are not given
@@ -83,6 +83,9 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
             # the file meta header's UID when the dataset's is blank, as the reader takes it
             uid = str(ds.get("SOPInstanceUID", "") or "") or str(meta.get("MediaStorageSOPInstanceUID", "") if meta else "")
             rle = str(meta.get("TransferSyntaxUID", "") if meta else "") == "1.2.840.10008.1.2.5"
+            # GDCM turns MONOCHROME1 into MONOCHROME2 by inverting the stored values (a display
+            # convention); the reader keeps the standard's HU (the rescale of the stored values)
+            inverted = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
         except Exception:  # not what the image was read from
             continue
         if uid not in uids or any(tag > 0x7FE00010 for tag in ds.keys()):
@@ -91,7 +94,7 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
         reader.SetFileName(str(path))
         try:
             with quiet_stderr("GDCM"):
-                if rle:
+                if rle or inverted:
                     position = [float(v) for v in ds.ImagePositionPatient]
                     row_col = [float(v) for v in ds.PixelSpacing]  # (row, column) spacing: (y, x)
                     size, origin, spacing = (int(ds.Columns), int(ds.Rows), 1), position, (row_col[1], row_col[0])

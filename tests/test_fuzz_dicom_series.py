@@ -112,7 +112,7 @@ def test_an_invalid_number_of_frames_is_refused_in_one_line(tmp_path):
 def _copy_seed(tmp_path, k: int = 0) -> Path:
     fuzz.check_one(SEEDS[k])
     target = tmp_path / "series"
-    target.mkdir()
+    target.mkdir(parents=True)
     for p in (fuzz._WORK / "series").iterdir():
         (target / p.name).write_bytes(p.read_bytes())
     return target
@@ -286,3 +286,40 @@ def test_compressed_pixel_data_cut_inside_a_fragment_is_refused():
     fuzz.check_one(fuzz.SEPARATOR.join(files))
     with pytest.raises(GTVError, match=r"^01\.dcm is a damaged DICOM file \(cut short\)$"):
         read_image(fuzz._WORK / "series")
+
+
+def _set_photometric(folder: Path, names, value: str) -> None:
+    import pydicom
+
+    for name in names:
+        ds = pydicom.dcmread(folder / name)
+        ds.PhotometricInterpretation = value
+        ds.save_as(folder / name)
+
+
+def test_a_series_of_mixed_photometric_interpretations_is_refused(tmp_path):
+    # Found through the fuzzer's oracle: one slice's MONOCHROME2 had become MONOCHROME1, which GDCM
+    # inverts (ITK's display convention) and the reader did not notice.
+    folder = _copy_seed(tmp_path)
+    _set_photometric(folder, ["01.dcm"], "MONOCHROME1")
+    with pytest.raises(GTVError, match=r"^slice 01\.dcm is MONOCHROME1, 00\.dcm MONOCHROME2; one series needs one "
+                                       r"photometric interpretation$"):
+        read_image(folder)
+
+
+def test_a_monochrome1_series_reads_as_the_rescaled_stored_values(tmp_path):
+    # The standard's HU are the rescale of the stored values whatever the photometric interpretation
+    # (which says how to display them); GDCM would give them inverted.
+    reference = read_image(_copy_seed(tmp_path / "a"))
+    folder = _copy_seed(tmp_path / "b")
+    _set_photometric(folder, [p.name for p in folder.iterdir()], "MONOCHROME1")
+    image = read_image(folder)
+    assert np.array_equal(image.array, reference.array)
+
+
+def test_a_palette_color_slice_is_refused(tmp_path):
+    folder = _copy_seed(tmp_path)
+    _set_photometric(folder, ["02.dcm"], "PALETTE COLOR")
+    with pytest.raises(GTVError, match=r"^02\.dcm has photometric interpretation PALETTE COLOR; a CT slice is "
+                                       r"MONOCHROME1 or MONOCHROME2$"):
+        read_image(folder)
