@@ -113,13 +113,13 @@ def read_series(folder: Path, series_uid: str | None = None) -> Image:
         raise GTVError(f"no DICOM CT image series found in folder {folder}{found}")
     if series_uid is not None:
         if series_uid not in series:
-            raise GTVError(f"{folder} holds no CT slices of series {series_uid}")
+            raise GTVError(f"{folder} holds no CT slices of series {_shown(series_uid)}")
         uid = series_uid
     else:
         uid = max(series, key=lambda u: (len(series[u]), u))
-        others = [f"{u} ({len(s)} slices)" for u, s in series.items() if u != uid]
+        others = [f"{_shown(u)} ({len(s)} slices)" for u, s in series.items() if u != uid]
         if others:
-            warnings.warn(f"{folder.name} holds {len(series)} CT series; reading {uid} ({len(series[uid])} slices), "
+            warnings.warn(f"{folder.name} holds {len(series)} CT series; reading {_shown(uid)} ({len(series[uid])} slices), "
                           f"skipping {', '.join(others)}", UserWarning, stacklevel=2)
     return _stack(series[uid], folder)
 
@@ -149,7 +149,7 @@ def series_headers(source: DicomSource) -> list:
     missing = [u for u in source.sop_instance_uids if u not in found]
     if missing:
         raise GTVError(f"{folder} no longer holds {len(missing)} of the {len(wanted)} slices of series "
-                       f"{source.series_instance_uid} (first missing SOP instance {missing[0]})")
+                       f"{_shown(source.series_instance_uid)} (first missing SOP instance {_shown(missing[0])})")
     return [found[u] for u in source.sop_instance_uids]
 
 
@@ -247,7 +247,7 @@ def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:
         header = _read(path, pixels=False)
         modality = str(header.get("Modality", "")).strip().upper()
         if modality != "CT":
-            skipped.add(f"{modality or 'no modality'} objects")
+            skipped.add(f"{_shown(modality, 16) or 'no modality'} objects")
             continue
         sop_class = str(header.get("SOPClassUID", "") or "").strip()
         if sop_class and sop_class not in CT_IMAGE_SOP_CLASSES:  # none at all: de-identified, judged by the rest
@@ -266,7 +266,7 @@ def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:
         series.setdefault(uid, []).append(_slice(path))
     for uid, names in not_images.items():
         if uid in series:  # beside the slices of a series, under its UID: say so
-            warnings.warn(f"{folder.name}: series {uid} also holds {len(names)} object(s) of Modality CT that are not "
+            warnings.warn(f"{folder.name}: series {_shown(uid)} also holds {len(names)} object(s) of Modality CT that are not "
                           f"CT images ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); left out",
                           UserWarning, stacklevel=3)
     return series, skipped
@@ -287,7 +287,14 @@ def _sop_class_name(uid: str) -> str:
     from pydicom.uid import UID
 
     name = UID(uid).name  # the UID itself when pydicom does not know it
-    return name if name != uid else uid[:64]
+    return name if name != uid else _shown(uid)
+
+
+def _shown(value, limit: int = 64) -> str:
+    """A value from a file as a message may show it: one line of printable characters (a damaged
+    value can hold anything, a line break included), at most ``limit`` of them."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def _whole_number(ds, keyword: str, default: int, path: Path) -> int:
@@ -310,7 +317,7 @@ def _slice(path: Path) -> _Slice:
         raise GTVError(f"{path.name} has pixel spacing {tuple(spacing)}; it must be positive")
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):  # PALETTE COLOR would give palette indices as values
-        raise GTVError(f"{path.name} has photometric interpretation {photometric[:32] or 'none'}; "
+        raise GTVError(f"{path.name} has photometric interpretation {_shown(photometric, 32) or 'none'}; "
                        "a CT slice is MONOCHROME1 or MONOCHROME2")
     return _Slice(path, ds, _numbers(ds, "ImagePositionPatient", 3, path), orientation,
                   (float(spacing[0]), float(spacing[1])), _whole_number(ds, "Rows", 0, path),

@@ -323,3 +323,15 @@ def test_a_palette_color_slice_is_refused(tmp_path):
     with pytest.raises(GTVError, match=r"^02\.dcm has photometric interpretation PALETTE COLOR; a CT slice is "
                                        r"MONOCHROME1 or MONOCHROME2$"):
         read_image(folder)
+
+
+def test_a_damaged_value_shown_in_a_message_keeps_it_one_line():
+    # Found by the fuzzer: a Modality holding a line break (and NULs) was shown as it was in "no
+    # DICOM CT image series found ... (found ... objects)".
+    files = SEEDS[0].split(fuzz.SEPARATOR)
+    element = b"\x08\x00\x60\x00CS\x02\x00CT"  # (0008,0060) CS "CT"
+    assert all(element in f for f in files)
+    files = [f.replace(element, b"\x08\x00\x60\x00CS\x04\x00C\nTT", 1) for f in files]
+    fuzz.check_one(fuzz.SEPARATOR.join(files))
+    with pytest.raises(GTVError, match=r"^no DICOM CT image series found in folder .* \(found C\?TT objects\)$"):
+        read_image(fuzz._WORK / "series")
