@@ -184,7 +184,10 @@ def _read(path: Path, pixels: bool):
         if "end of file" in text.lower():  # pydicom's only word for a file cut short
             raise GTVError(f"{path.name} is a damaged DICOM file (cut short)")
         logger.debug("pydicom on %s: %s", path.name, text)
-    _sop_from_file_meta(ds)
+    try:
+        _sop_from_file_meta(ds)
+    except Exception as exc:  # a meta header UID that is no single UID (found by fuzzing: a TypeError)
+        raise GTVError(f"{path.name} is a damaged DICOM file (its file meta header: {type(exc).__name__})") from None
     return ds
 
 

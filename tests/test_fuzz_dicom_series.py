@@ -335,3 +335,22 @@ def test_a_damaged_value_shown_in_a_message_keeps_it_one_line():
     fuzz.check_one(fuzz.SEPARATOR.join(files))
     with pytest.raises(GTVError, match=r"^no DICOM CT image series found in folder .* \(found C\?TT objects\)$"):
         read_image(fuzz._WORK / "series")
+
+
+def test_a_file_meta_sop_instance_uid_that_is_no_uid_is_refused(tmp_path):
+    # Found by the fuzzer: with the dataset's SOPInstanceUID blank (as some de-identifiers leave it)
+    # the reader takes the file meta header's, which here had become a list of numbers (its VR UI
+    # read as US); setting it raised TypeError from inside pydicom.
+    import pydicom
+
+    folder = _copy_seed(tmp_path)
+    path = folder / "01.dcm"
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = ""
+    ds.save_as(path)
+    data = path.read_bytes()
+    element = b"\x02\x00\x03\x00UI"  # (0002,0003) MediaStorageSOPInstanceUID, explicit VR UI
+    assert data.count(element) == 1
+    path.write_bytes(data.replace(element, b"\x02\x00\x03\x00US"))
+    with pytest.raises(GTVError, match=r"^01\.dcm is a damaged DICOM file \(its file meta header: TypeError\)$"):
+        read_image(folder)
