@@ -63,7 +63,8 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
     value per pixel, None when it fails to read it. A file GDCM does not take for DICOM at all (it is
     stricter about a file's structure than pydicom: trailing bytes, say) is left out.
 
-    An RLE file is never given to GDCM (nor a MONOCHROME1 one, whose stored values GDCM inverts): for a frame followed by a stray sequence delimiter (which
+    An RLE file is never given to GDCM (nor a MONOCHROME1 one, whose stored values GDCM inverts, nor
+    one whose pixel data's length field claims more than the file holds, see _length_overstated): for a frame followed by a stray sequence delimiter (which
     pydicom decodes to the seed's values) GDCM allocated 4.3 GB, even only to read the header. Its
     position, spacing and voxels are then pydicom's, rescaled here: the comparison still checks
     the reader's order, stacking and rescale. Files the image was not read from are not given
@@ -86,6 +87,7 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
             # GDCM turns MONOCHROME1 into MONOCHROME2 by inverting the stored values (a display
             # convention); the reader keeps the standard's HU (the rescale of the stored values)
             inverted = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
+            rle = rle or _length_overstated(path, ds)
         except Exception:  # not what the image was read from
             continue
         if uid not in uids or any(tag > 0x7FE00010 for tag in ds.keys()):
@@ -118,6 +120,21 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
         if len(size) == 3 and size[2] == 1 and components == 1:
             found.append((uid, (origin, spacing, values)))
     return found
+
+
+def _length_overstated(path: Path, ds) -> bool:
+    """Whether the pixel data element's defined length claims more bytes than the file holds after
+    it. pydicom reads what is there (for a length field damaged but the voxels whole: the right
+    slice); GDCM allocates what is claimed (3.8 GB for a 1 kB file), so it is not given the file."""
+    element = ds.get("PixelData") if "PixelData" in ds else None
+    tell = getattr(ds["PixelData"], "file_tell", None) if element is not None else None
+    if tell is None or getattr(ds["PixelData"], "is_undefined_length", False):
+        return False
+    with open(path, "rb") as f:
+        f.seek(tell - 4)
+        field = f.read(4)
+    big = str(ds.file_meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.2"
+    return tell + int.from_bytes(field, "big" if big else "little") > path.stat().st_size
 
 
 def _same_as_gdcm(image, folder: Path) -> None:
