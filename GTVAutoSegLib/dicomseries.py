@@ -431,7 +431,7 @@ def _check_fragments(s: _Slice) -> None:
     sequence delimiter included) GDCM allocated 4.3 GB, even only to read the header (found by
     fuzzing). pydicom's own fragment reader stops at a delimiter and keeps a cut item as it is."""
     try:
-        data = s.ds.PixelData
+        data = s.ds.PixelData or b""  # an empty element's value is None
     except Exception as exc:
         raise GTVError(f"{s.name}: compressed pixel data is damaged ({_first_line(exc)})") from None
     position, items = 0, 0

@@ -354,3 +354,13 @@ def test_a_file_meta_sop_instance_uid_that_is_no_uid_is_refused(tmp_path):
     path.write_bytes(data.replace(element, b"\x02\x00\x03\x00US"))
     with pytest.raises(GTVError, match=r"^01\.dcm is a damaged DICOM file \(its file meta header: TypeError\)$"):
         read_image(folder)
+
+
+def test_an_empty_compressed_pixel_data_element_is_refused():
+    # Found by the fuzzer: an RLE slice whose pixel data element has no value (pydicom: None).
+    files = SEEDS[SEED_IDS.index("rle")].split(fuzz.SEPARATOR)
+    start = files[2].index(b"\xe0\x7f\x10\x00OB\x00\x00")  # (7FE0,0010) OB, then its 4-byte length
+    files[2] = files[2][:start] + b"\xe0\x7f\x10\x00OB\x00\x00\x00\x00\x00\x00"  # a length of 0, the end
+    fuzz.check_one(fuzz.SEPARATOR.join(files))
+    with pytest.raises(GTVError, match=r"^02\.dcm: compressed pixel data is damaged \(no fragment after the offset table\)$"):
+        read_image(fuzz._WORK / "series")
