@@ -51,7 +51,8 @@ CT_IMAGE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
 # line naming the file, and not wherever the value is first needed.
 _USED_KEYWORDS = ("Modality", "ImageType", "NumberOfFrames", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
                   "StudyInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient",
-                  "PixelSpacing", "Rows", "Columns", "PhotometricInterpretation", "SpacingBetweenSlices", "SliceThickness", "RescaleSlope",
+                  "PixelSpacing", "Rows", "Columns", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
+                  "HighBit", "PixelRepresentation", "SamplesPerPixel", "SpacingBetweenSlices", "SliceThickness", "RescaleSlope",
                   "RescaleIntercept", *PATIENT_STUDY_KEYWORDS)
 _USED_META_KEYWORDS = ("TransferSyntaxUID", "MediaStorageSOPInstanceUID", "MediaStorageSOPClassUID")
 # Positions agree to this (mm); spacings to this fraction of the slice spacing.
@@ -300,9 +301,29 @@ def _shown(value, limit: int = 64) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def _whole_number(ds, keyword: str, default: int, path: Path) -> int:
-    """A whole-number element (``default`` when absent or empty); GTVError when it is not one."""
+def _check_pixel_format(ds, path: Path) -> None:
+    """One value per pixel, stored as the standard has it: 8, 16 or 32 bits allocated, 1 to that many
+    stored, the high bit the last stored one, signed or unsigned. Readers part ways on anything else:
+    for 15 bits stored and no HighBit (found by fuzzing) pydicom gave the stored values, GDCM values
+    near 0."""
+    allocated = _whole_number(ds, "BitsAllocated", None, path)  # all five are required (type 1)
+    stored = _whole_number(ds, "BitsStored", None, path)
+    high = _whole_number(ds, "HighBit", None, path)
+    representation = _whole_number(ds, "PixelRepresentation", None, path)
+    samples = _whole_number(ds, "SamplesPerPixel", None, path)
+    if samples != 1:
+        raise GTVError(f"{path.name} has {samples} samples per pixel; a CT slice has one value per pixel")
+    if allocated not in (8, 16, 32) or not 1 <= stored <= allocated or high != stored - 1 or representation not in (0, 1):
+        raise GTVError(f"{path.name} has a pixel format no CT slice has (bits allocated {allocated}, stored {stored}, "
+                       f"high bit {high}, pixel representation {representation})")
+
+
+def _whole_number(ds, keyword: str, default: int | None, path: Path) -> int:
+    """A whole-number element (``default`` when absent or empty; None: it must be there); GTVError
+    when it is not one."""
     value = ds.get(keyword, default)
+    if value in (None, "") and default is None:
+        raise GTVError(f"{path.name} has no {keyword}")
     try:
         number = int(value if value not in (None, "") else default)
     except (TypeError, ValueError):
@@ -318,6 +339,7 @@ def _slice(path: Path) -> _Slice:
     spacing = _numbers(ds, "PixelSpacing", 2, path)
     if (spacing <= 0).any():
         raise GTVError(f"{path.name} has pixel spacing {tuple(spacing)}; it must be positive")
+    _check_pixel_format(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):  # PALETTE COLOR would give palette indices as values
         raise GTVError(f"{path.name} has photometric interpretation {_shown(photometric, 32) or 'none'}; "

@@ -364,3 +364,29 @@ def test_an_empty_compressed_pixel_data_element_is_refused():
     fuzz.check_one(fuzz.SEPARATOR.join(files))
     with pytest.raises(GTVError, match=r"^02\.dcm: compressed pixel data is damaged \(no fragment after the offset table\)$"):
         read_image(fuzz._WORK / "series")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"HighBit": None, "BitsStored": 15}, "has no HighBit"),
+    ({"HighBit": 15, "BitsStored": 15}, "has a pixel format no CT slice has (bits allocated 16, stored 15, high bit 15, "
+                                        "pixel representation 1)"),
+    ({"BitsAllocated": 12}, "has a pixel format no CT slice has (bits allocated 12, stored 16, high bit 15, "
+                            "pixel representation 1)"),
+    ({"SamplesPerPixel": 3}, "has 3 samples per pixel; a CT slice has one value per pixel"),
+])
+def test_a_slice_whose_pixel_format_readers_part_ways_on_is_refused(tmp_path, change, message):
+    # Found by the fuzzer: 15 bits stored and no HighBit, which pydicom read as the stored values
+    # and GDCM as values near 0.
+    import pydicom
+
+    folder = _copy_seed(tmp_path)
+    ds = pydicom.dcmread(folder / "01.dcm")
+    for keyword, value in change.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(folder / "01.dcm")
+    with pytest.raises(GTVError) as e:
+        read_image(folder)
+    assert str(e.value) == f"01.dcm {message}"
