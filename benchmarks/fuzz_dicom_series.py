@@ -90,7 +90,9 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
             rle = rle or _length_overstated(path, ds)
         except Exception:  # not what the image was read from
             continue
-        if uid not in uids or any(tag > 0x7FE00010 for tag in ds.keys()):
+        # no pixel data: not a slice the reader read (its meta header's UID can still match); GDCM
+        # allocated 4.3 GB for one such file before it gave up
+        if uid not in uids or "PixelData" not in ds or any(tag > 0x7FE00010 for tag in ds.keys()):
             continue
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
