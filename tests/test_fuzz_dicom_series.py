@@ -258,7 +258,7 @@ def test_elements_out_of_tag_order_are_refused(damage, message):
         files[1] += b"\x40\x00\x31\x2eLO\x02\x00AB"
     fuzz.check_one(fuzz.SEPARATOR.join(files))
     with pytest.raises(GTVError, match=r"^01\.dcm is a damaged DICOM file \(" + message +
-                       r"; elements must come in ascending tag order\)$"):
+                       r"; elements must come once each, in ascending tag order\)$"):
         read_image(fuzz._WORK / "series")
 
 
@@ -390,3 +390,29 @@ def test_a_slice_whose_pixel_format_readers_part_ways_on_is_refused(tmp_path, ch
     with pytest.raises(GTVError) as e:
         read_image(folder)
     assert str(e.value) == f"01.dcm {message}"
+
+
+def test_a_repeated_element_is_refused():
+    # Found by the fuzzer: Rows and Columns repeated (Columns 1, then 6). pydicom keeps the last of
+    # a repeated element, GDCM the first: the same file was a 5 x 6 slice to one, 5 x 1 to the other.
+    files = SEEDS[0].split(fuzz.SEPARATOR)
+    rows = files[1].index(b"\x28\x00\x10\x00US\x02\x00")  # (0028,0010) Rows, then (0028,0011) Columns
+    first = files[1][rows:rows + 20]
+    assert first[10:18] == b"\x28\x00\x11\x00US\x02\x00"
+    one_column = first[:18] + (1).to_bytes(2, "little")
+    files[1] = files[1][:rows] + one_column + files[1][rows:]  # Rows, Columns 1, Rows, Columns 6
+    fuzz.check_one(fuzz.SEPARATOR.join(files))
+    with pytest.raises(GTVError, match=r"^01\.dcm is a damaged DICOM file \(element \(0028,0010\) follows \(0028,0011\); "
+                                       r"elements must come once each, in ascending tag order\)$"):
+        read_image(fuzz._WORK / "series")
+
+
+def test_an_element_written_twice_in_a_row_is_named_as_such():
+    files = SEEDS[0].split(fuzz.SEPARATOR)
+    element = b"\x28\x00\x30\x00DS\x08\x000.75\\0.8"  # (0028,0030) PixelSpacing
+    assert element in files[3]
+    files[3] = files[3].replace(element, element + b"\x28\x00\x30\x00DS\x08\x000.80\\0.8", 1)
+    fuzz.check_one(fuzz.SEPARATOR.join(files))
+    with pytest.raises(GTVError, match=r"^03\.dcm is a damaged DICOM file \(element \(0028,0030\) appears twice; "
+                                       r"elements must come once each, in ascending tag order\)$"):
+        read_image(fuzz._WORK / "series")
