@@ -64,7 +64,8 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
     stricter about a file's structure than pydicom: trailing bytes, say) is left out.
 
     An RLE file is never given to GDCM (nor a MONOCHROME1 one, whose stored values GDCM inverts, nor
-    one whose pixel data's length field claims more than the file holds, see _length_overstated): for a frame followed by a stray sequence delimiter (which
+    one whose pixel data's length field claims more than the file holds, see _length_overstated, nor
+    one whose SOP class UID GDCM reads as another class, see _clean_ct_class): for a frame followed by a stray sequence delimiter (which
     pydicom decodes to the seed's values) GDCM allocated 4.3 GB, even only to read the header. Its
     position, spacing and voxels are then pydicom's, rescaled here: the comparison still checks
     the reader's order, stacking and rescale. Files the image was not read from are not given
@@ -87,7 +88,7 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
             # GDCM turns MONOCHROME1 into MONOCHROME2 by inverting the stored values (a display
             # convention); the reader keeps the standard's HU (the rescale of the stored values)
             inverted = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
-            rle = rle or _length_overstated(path, ds)
+            rle = rle or _length_overstated(path, ds) or not _clean_ct_class(ds)
         except Exception:  # not what the image was read from
             continue
         # no pixel data: not a slice the reader read (its meta header's UID can still match); GDCM
@@ -122,6 +123,19 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
         if len(size) == 3 and size[2] == 1 and components == 1:
             found.append((uid, (origin, spacing, values)))
     return found
+
+
+def _clean_ct_class(ds) -> bool:
+    """Whether the SOP class UID's stored bytes are a CT image class as they are (padding aside).
+    pydicom strips a control character such as 0x1E from a UID; GDCM keeps it, takes the file for
+    another class and then gives it a pixel spacing of 1 x 1."""
+    from GTVAutoSegLib.dicomseries import CT_IMAGE_SOP_CLASSES
+
+    for element in ds.elements():
+        if element.tag == 0x00080016:
+            value = element.value if isinstance(element.value, bytes) else str(element.value).encode()
+            return value.rstrip(b"\x00 ").decode("ascii", "replace") in CT_IMAGE_SOP_CLASSES
+    return False
 
 
 def _length_overstated(path: Path, ds) -> bool:
