@@ -6,8 +6,9 @@ or a one-line refusal out.
 
 Each input is cut at ``SEPARATOR`` into up to ``MAX_FILES`` files, written as one folder and read
 by ``GTVAutoSegLib.io.read_image`` (``dicomseries.read_series``). The seeds are small valid CT
-series (signed, unsigned with a rescale, a fractional slope, RLE-compressed), so the fuzzer starts
+series (signed, unsigned with a rescale, a fractional slope, RLE, JPEG 2000), so the fuzzer starts
 from files whose every element the reader uses, and mutates headers, positions and pixel data.
+A JPEG 2000 seed (8 x 8 slices, encoded by GDCM) reaches the GDCM decoder the reader uses for JPEG.
 
 Allowed outcomes: a one-line :class:`GTVError`, or an image that a second reader agrees with. GDCM
 (SimpleITK's ``ImageFileReader``) reads each file on its own; every slice of the image must be a
@@ -192,20 +193,42 @@ def seeds() -> list[bytes]:
         _series(hu, signed=False, slope=1, intercept=-1024, bits_stored=12),
         _series(hu, signed=True, slope=0.5, intercept=-10),
         _series(hu, signed=True, slope=1, intercept=0, rle=True),
+        # (GDCM would not encode the random values: "Could not change the Transfer Syntax")
+        _series((np.arange(4 * 8 * 8).reshape(4, 8, 8) * 37 % 2500 - 1000).astype(np.int16), signed=True, slope=1,
+                intercept=0, j2k=True),
     ]
     return out
 
 
-def _series(hu, signed: bool, slope: float, intercept: float, bits_stored: int = 16, rle: bool = False) -> bytes:
+def _j2k_frame(values) -> bytes:
+    """``values`` (int16, rows x columns) as JPEG 2000 (lossless) pixel data, encapsulated, by GDCM
+    (the reader decodes JPEG with GDCM, so these seeds reach it; GDCM crashed writing a 5 x 6 frame,
+    so the JPEG 2000 seed's slices are 8 x 8)."""
+    import numpy as np
+    import pydicom
+
+    from GTVAutoSegLib.image import sitk
+
+    path = _WORK / "j2k-frame.dcm"
+    writer = sitk.ImageFileWriter()
+    writer.SetFileName(str(path))
+    writer.SetUseCompression(True)
+    writer.SetCompressor("JPEG2000")
+    writer.Execute(sitk.GetImageFromArray(np.ascontiguousarray(values, np.int16)))
+    return pydicom.dcmread(path).PixelData
+
+
+def _series(hu, signed: bool, slope: float, intercept: float, bits_stored: int = 16, rle: bool = False,
+            j2k: bool = False) -> bytes:
     import io
 
     import numpy as np
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
     study, series, frame = (generate_uid(prefix="1.2.826.0.1.3680043.10.1234.", entropy_srcs=[str(k), str(signed),
-                                                                                           str(slope), str(rle)])
+                                                                                           str(slope), str(rle), str(j2k)])
                             for k in range(3))
     files = []
     for z, values in enumerate(hu):
@@ -215,7 +238,7 @@ def _series(hu, signed: bool, slope: float, intercept: float, bits_stored: int =
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid(prefix="1.2.826.0.1.3680043.10.1234.",
                                                        entropy_srcs=[str(series), str(z)])
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.TransferSyntaxUID = JPEG2000Lossless if j2k else ExplicitVRLittleEndian
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
@@ -232,7 +255,10 @@ def _series(hu, signed: bool, slope: float, intercept: float, bits_stored: int =
         ds.PixelRepresentation = 1 if signed else 0
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         ds.InstanceNumber = z + 1
-        ds.PixelData = stored.tobytes()
+        ds.PixelData = _j2k_frame(stored) if j2k else stored.tobytes()
+        if j2k:
+            ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = True
         if rle:
             ds.compress(RLELossless)
         buffer = io.BytesIO()
