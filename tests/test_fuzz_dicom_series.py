@@ -416,3 +416,45 @@ def test_an_element_written_twice_in_a_row_is_named_as_such():
     with pytest.raises(GTVError, match=r"^03\.dcm is a damaged DICOM file \(element \(0028,0030\) appears twice; "
                                        r"elements must come once each, in ascending tag order\)$"):
         read_image(fuzz._WORK / "series")
+
+
+def test_a_sequence_delimiter_with_a_length_is_refused():
+    # Found by the fuzzer: the delimiter after a JPEG 2000 slice's items with a length of 0xFFFFFF00
+    # (4 bytes inserted). pydicom does not look at it; GDCM took 8 s and 4.3 GB to read the slice.
+    files = SEEDS[SEED_IDS.index("jpeg2000")].split(fuzz.SEPARATOR)
+    end = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    assert files[0].endswith(end)
+    files[0] = files[0][:-4] + b"\x00\xff\xff\xff\xff\x00\x00\x00"
+    fuzz.check_one(fuzz.SEPARATOR.join(files))
+    with pytest.raises(GTVError, match=r"^00\.dcm: compressed pixel data is damaged \(no sequence delimiter \(FFFE,E0DD\) "
+                                       r"of length 0 after it: the bytes there are feffdde000ffffff\)$"):
+        read_image(fuzz._WORK / "series")
+
+
+def test_a_jpeg_2000_stream_of_another_size_than_its_header_is_refused(tmp_path):
+    import pydicom
+
+    folder = _copy_seed(tmp_path, SEED_IDS.index("jpeg2000"))
+    for p in folder.iterdir():  # every slice alike: the series stays one size
+        ds = pydicom.dcmread(p)
+        ds.Columns = 7  # the streams are 8 x 8
+        ds.save_as(p)
+    with pytest.raises(GTVError, match=r"^00\.dcm: compressed pixel data is damaged \(its stream is 8x8 with 1 "
+                                       r"component\(s\), its header 7x8 with 1\)$"):
+        read_image(folder)
+
+
+def test_the_stream_size_readers():
+    from GTVAutoSegLib.dicomseries import _j2k_size, _jpeg_size
+
+    siz = (b"\xff\x4f\xff\x51\x00\x29\x00\x00" + (520).to_bytes(4, "big") + (530).to_bytes(4, "big")
+           + (8).to_bytes(4, "big") + (18).to_bytes(4, "big") + bytes(16) + (1).to_bytes(2, "big") + b"\x8f\x01\x01")
+    assert _j2k_size(siz) == (512, 512, 1)
+    assert _j2k_size(b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(20) + b"jp2c" + siz) == (512, 512, 1)
+    assert _j2k_size(b"\xff\xd8" + siz) is None
+    dqt = b"\xff\xdb\x00\x43" + bytes(65)
+    sof = b"\xff\xc3\x00\x0b\x10" + (400).to_bytes(2, "big") + (512).to_bytes(2, "big") + b"\x01\x01\x11\x00"
+    assert _jpeg_size(b"\xff\xd8" + dqt + sof) == (512, 400, 1)
+    assert _jpeg_size(b"\xff\xd8" + dqt + b"\xff\xf7" + sof[2:]) == (512, 400, 1)  # JPEG-LS's SOF55
+    assert _jpeg_size(b"\xff\xd8" + b"\xff\xda\x00\x08" + bytes(6) + sof) is None  # scan before frame
+    assert _jpeg_size(siz) is None
