@@ -449,6 +449,9 @@ def _pixels(s: _Slice) -> np.ndarray:
         _check_fragments(s)
     if syntax in _GDCM_SYNTAXES:
         _check_codestream(s, syntax)
+        if s.photometric == "MONOCHROME1":  # found through the series fuzzer's oracle
+            raise GTVError(f"{s.name} is a compressed MONOCHROME1 slice, which GDCM decodes inverted (not the "
+                           "standard's HU); export the series uncompressed")
     if syntax in _UNCOMPRESSED or syntax == _RLE_LOSSLESS or not syntax:  # none: pydicom says what it lacks
         try:
             with warnings.catch_warnings(record=True) as caught:

@@ -458,3 +458,13 @@ def test_the_stream_size_readers():
     assert _jpeg_size(b"\xff\xd8" + dqt + b"\xff\xf7" + sof[2:]) == (512, 400, 1)  # JPEG-LS's SOF55
     assert _jpeg_size(b"\xff\xd8" + b"\xff\xda\x00\x08" + bytes(6) + sof) is None  # scan before frame
     assert _jpeg_size(siz) is None
+
+
+def test_a_compressed_monochrome1_slice_is_refused(tmp_path):
+    # Found through the fuzzer's oracle: GDCM inverts a MONOCHROME1 slice's values (-1000 became
+    # 999), which the reader took as they came for JPEG 2000, while it keeps the standard's HU for
+    # uncompressed and RLE slices.
+    folder = _copy_seed(tmp_path, SEED_IDS.index("jpeg2000"))
+    _set_photometric(folder, [p.name for p in folder.iterdir()], "MONOCHROME1")
+    with pytest.raises(GTVError, match=r"^00\.dcm is a compressed MONOCHROME1 slice, which GDCM decodes inverted"):
+        read_image(folder)
