@@ -92,6 +92,32 @@ def _edit_dicom(path: Path, **values) -> None:
     ds.save_as(path)
 
 
+def _repeat_columns(path: Path) -> None:
+    """Columns written twice (511, then the true 512), as the series fuzzer found it: pydicom keeps
+    the last, GDCM the first."""
+    data = path.read_bytes()
+    tag = b"\x28\x00\x11\x00"  # (0028,0011) Columns
+    at = data.index(tag)
+    element = data[at:at + 10]  # tag, VR and 2-byte length (explicit) or 4-byte length (implicit), a 2-byte value
+    first = element[:-2] + (511).to_bytes(2, "little")
+    path.write_bytes(data[:at] + first + element + data[at + 10:])
+
+
+def _dose_report_page(slice_path: Path, target: Path) -> None:
+    """A scanner's dose report page: Modality CT, a Secondary Capture in its own series, no patient
+    geometry (the reader once took any Modality CT object for a slice and refused the folder)."""
+    import pydicom
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    ds = pydicom.dcmread(slice_path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient
+    ds.save_as(target)
+
+
 def _bundle_with_region(model: Path, target: Path, region: str) -> Path:
     import torch
 
@@ -262,6 +288,20 @@ def build(case_id: str, folder: Path, model: Path, shared: Path | None) -> Case:
             inp = _dicom_copy(shared, folder / "in", "dcmqi_ct3")
             victim = _sorted_dicom(inp)[1]
             victim.write_bytes(victim.read_bytes()[:300_000])
+        elif c in ("dicom_columns_short", "dicom_repeated_element", "dicom_photometric_mix"):
+            shutil.rmtree(inp)
+            inp = _dicom_copy(shared, folder / "in", "dcmqi_ct3")
+            files = _sorted_dicom(inp)
+            if c == "dicom_columns_short":  # every slice alike, so the series is still one size
+                for path in files:
+                    _edit_dicom(path, Columns=511)
+            elif c == "dicom_photometric_mix":
+                _edit_dicom(files[1], PhotometricInterpretation="MONOCHROME1")
+            else:
+                _repeat_columns(files[1])
+        elif c == "dicom_dose_report_beside":
+            _dose_report_page(files[0], inp / "zz_dose_report.dcm")
+            accepted_ref = inp
         elif c == "dicom_cut_jpeg2000":
             files[4].write_bytes(files[4].read_bytes()[:100_000])
         elif c == "dicom_shuffled":
