@@ -27,7 +27,7 @@ def test_a_short_fuzzing_run_finds_no_crash(tmp_path):
     pytest.importorskip("atheris", reason="atheris is not installed")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz_dicom_series.py"), "-runs=600", "-seed=1",
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz_dicom_series.py"), "-runs=3000", "-seed=1",
                         "-rss_limit_mb=3072", "-timeout=20", str(corpus)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path,
                        env={**os.environ, "PYTHONHASHSEED": "0"})
