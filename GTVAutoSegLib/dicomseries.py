@@ -30,6 +30,9 @@ import numpy as np
 
 from .errors import GTVError
 from .image import DicomSource, Image, sitk
+from .dicomchecks import (GDCM_SYNTAXES, RLE_LOSSLESS, check_codestream, check_fragments,
+                          check_pixel_format, first_line, out_of_order, out_of_order_in_file, shown, unknown_vr,
+                          whole_number)
 from .inputcheck import check_geometry
 from .native import quiet_stderr
 
@@ -61,11 +64,6 @@ SPACING_TOL = 0.02
 # A slice step that leaves the normal by more than this (degrees) is a gantry tilt.
 TILT_TOL_DEG = 0.1
 _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
-# RLE Lossless is decoded by pydicom (numpy only), which checks its header: GDCM crashed the process
-# (a segmentation fault) on an RLE header claiming 131,074 segments, found by fuzzing.
-_RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-# What GDCM decodes here (through SimpleITK): the JPEG family. Any other transfer syntax is refused.
-_GDCM_SYNTAXES = {"1.2.840.10008.1.2.4." + s for s in ("50", "51", "57", "70", "80", "81", "90", "91")}
 
 
 @dataclass
@@ -114,13 +112,13 @@ def read_series(folder: Path, series_uid: str | None = None) -> Image:
         raise GTVError(f"no DICOM CT image series found in folder {folder}{found}")
     if series_uid is not None:
         if series_uid not in series:
-            raise GTVError(f"{folder} holds no CT slices of series {_shown(series_uid)}")
+            raise GTVError(f"{folder} holds no CT slices of series {shown(series_uid)}")
         uid = series_uid
     else:
         uid = max(series, key=lambda u: (len(series[u]), u))
-        others = [f"{_shown(u)} ({len(s)} slices)" for u, s in series.items() if u != uid]
+        others = [f"{shown(u)} ({len(s)} slices)" for u, s in series.items() if u != uid]
         if others:
-            warnings.warn(f"{folder.name} holds {len(series)} CT series; reading {_shown(uid)} ({len(series[uid])} slices), "
+            warnings.warn(f"{folder.name} holds {len(series)} CT series; reading {shown(uid)} ({len(series[uid])} slices), "
                           f"skipping {', '.join(others)}", UserWarning, stacklevel=2)
     return _stack(series[uid], folder)
 
@@ -150,7 +148,7 @@ def series_headers(source: DicomSource) -> list:
     missing = [u for u in source.sop_instance_uids if u not in found]
     if missing:
         raise GTVError(f"{folder} no longer holds {len(missing)} of the {len(wanted)} slices of series "
-                       f"{_shown(source.series_instance_uid)} (first missing SOP instance {_shown(missing[0])})")
+                       f"{shown(source.series_instance_uid)} (first missing SOP instance {shown(missing[0])})")
     return [found[u] for u in source.sop_instance_uids]
 
 
@@ -164,9 +162,9 @@ def _read(path: Path, pixels: bool):
             # Pixel data is read when it is used (defer_size), so headers of many slices stay small.
             ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels, defer_size="64 KB")
             meta = getattr(ds, "file_meta", None)
-            bad = (_unknown_vr(meta) if meta is not None else None) or _unknown_vr(ds)
-            disorder = _out_of_order(meta) if meta is not None else None
-            disorder = disorder or _out_of_order_in_file(path, meta)
+            bad = (unknown_vr(meta) if meta is not None else None) or unknown_vr(ds)
+            disorder = out_of_order(meta) if meta is not None else None
+            disorder = disorder or out_of_order_in_file(path, meta)
             for keyword in _USED_KEYWORDS if bad is None else ():
                 ds.get(keyword)
             for keyword in _USED_META_KEYWORDS if meta is not None and bad is None else ():
@@ -193,57 +191,6 @@ def _read(path: Path, pixels: bool):
     except Exception as exc:  # a meta header UID that is no single UID (found by fuzzing: a TypeError)
         raise GTVError(f"{path.name} is a damaged DICOM file (its file meta header: {type(exc).__name__})") from None
     return ds
-
-
-def _out_of_order_in_file(path: Path, meta):
-    """``(previous, tag)`` of the first top-level element of the data set that does not come after
-    its predecessor in the file, else None. Read from the file itself: pydicom keeps one element per
-    tag, the last read, so a repeated element is invisible in its data set, and readers part ways
-    on it (found by fuzzing: Columns 1 then 6; pydicom took 6, GDCM 1)."""
-    from pydicom.filereader import data_element_generator
-
-    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    group_length = meta.get("FileMetaInformationGroupLength") if meta is not None else None
-    if syntax == "1.2.840.10008.1.2.1.99" or not isinstance(group_length, int):  # deflated; no length to skip by
-        return None
-    previous = None
-    with open(path, "rb") as f:
-        f.seek(128 + 4 + 12 + group_length)  # preamble, "DICM", the group length element, the meta group
-        elements = data_element_generator(f, syntax == "1.2.840.10008.1.2", syntax != "1.2.840.10008.1.2.2",
-                                          defer_size=256)
-        try:
-            for element in elements:
-                if previous is not None and element.tag <= previous:
-                    return previous, element.tag
-                previous = element.tag
-        except EOFError:  # the file ends inside an element
-            return "cut short"
-    return None
-
-
-def _out_of_order(ds):
-    """``(previous, tag)`` of the first top-level element that does not follow its predecessor in
-    ascending tag order (the order pydicom read them from the file), else None. GDCM does not read
-    such a file at all."""
-    previous = None
-    for tag in ds.keys():  # insertion order: the file's
-        if previous is not None and tag <= previous:
-            return previous, tag
-        previous = tag
-    return None
-
-
-def _unknown_vr(ds):
-    """The tag of the first top-level element whose explicit VR is none of the standard's, else None
-    (read from the raw elements: no value is decoded; an implicit-VR file has none to check)."""
-    from pydicom.valuerep import VR
-
-    known = {v.value for v in VR}
-    for element in ds.elements():
-        vr = getattr(element, "VR", None)
-        if vr is not None and str(vr) not in known:
-            return element.tag
-    return None
 
 
 def _sop_from_file_meta(ds) -> None:
@@ -280,7 +227,7 @@ def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:
         header = _read(path, pixels=False)
         modality = str(header.get("Modality", "")).strip().upper()
         if modality != "CT":
-            skipped.add(f"{_shown(modality, 16) or 'no modality'} objects")
+            skipped.add(f"{shown(modality, 16) or 'no modality'} objects")
             continue
         sop_class = str(header.get("SOPClassUID", "") or "").strip()
         if sop_class and sop_class not in CT_IMAGE_SOP_CLASSES:  # none at all: de-identified, judged by the rest
@@ -293,13 +240,13 @@ def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:
             skipped.add("localizer images")
             logger.info("%s: leaving out localizer image %s", folder, path.name)
             continue
-        if _whole_number(header, "NumberOfFrames", 1, path) > 1:
+        if whole_number(header, "NumberOfFrames", 1, path) > 1:
             raise GTVError(f"{path.name} is a multi-frame (enhanced) CT object; export the series as one file per slice")
         uid = str(header.get("SeriesInstanceUID", "")) or "no series UID"
         series.setdefault(uid, []).append(_slice(path))
     for uid, names in not_images.items():
         if uid in series:  # beside the slices of a series, under its UID: say so
-            warnings.warn(f"{folder.name}: series {_shown(uid)} also holds {len(names)} object(s) of Modality CT that are not "
+            warnings.warn(f"{folder.name}: series {shown(uid)} also holds {len(names)} object(s) of Modality CT that are not "
                           f"CT images ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); left out",
                           UserWarning, stacklevel=3)
     return series, skipped
@@ -320,44 +267,7 @@ def _sop_class_name(uid: str) -> str:
     from pydicom.uid import UID
 
     name = UID(uid).name  # the UID itself when pydicom does not know it
-    return name if name != uid else _shown(uid)
-
-
-def _shown(value, limit: int = 64) -> str:
-    """A value from a file as a message may show it: one line of printable characters (a damaged
-    value can hold anything, a line break included), at most ``limit`` of them."""
-    text = "".join(c if c.isprintable() else "?" for c in str(value))
-    return text[:limit] + ("..." if len(text) > limit else "")
-
-
-def _check_pixel_format(ds, path: Path) -> None:
-    """One value per pixel, stored as the standard has it: 8, 16 or 32 bits allocated, 1 to that many
-    stored, the high bit the last stored one, signed or unsigned. Readers part ways on anything else:
-    for 15 bits stored and no HighBit (found by fuzzing) pydicom gave the stored values, GDCM values
-    near 0."""
-    allocated = _whole_number(ds, "BitsAllocated", None, path)  # all five are required (type 1)
-    stored = _whole_number(ds, "BitsStored", None, path)
-    high = _whole_number(ds, "HighBit", None, path)
-    representation = _whole_number(ds, "PixelRepresentation", None, path)
-    samples = _whole_number(ds, "SamplesPerPixel", None, path)
-    if samples != 1:
-        raise GTVError(f"{path.name} has {samples} samples per pixel; a CT slice has one value per pixel")
-    if allocated not in (8, 16, 32) or not 1 <= stored <= allocated or high != stored - 1 or representation not in (0, 1):
-        raise GTVError(f"{path.name} has a pixel format no CT slice has (bits allocated {allocated}, stored {stored}, "
-                       f"high bit {high}, pixel representation {representation})")
-
-
-def _whole_number(ds, keyword: str, default: int | None, path: Path) -> int:
-    """A whole-number element (``default`` when absent or empty; None: it must be there); GTVError
-    when it is not one."""
-    value = ds.get(keyword, default)
-    if value in (None, "") and default is None:
-        raise GTVError(f"{path.name} has no {keyword}")
-    try:
-        number = int(value if value not in (None, "") else default)
-    except (TypeError, ValueError):
-        raise GTVError(f"{path.name} has an invalid {keyword} ({value!r})") from None
-    return number
+    return name if name != uid else shown(uid)
 
 
 def _slice(path: Path) -> _Slice:
@@ -368,14 +278,14 @@ def _slice(path: Path) -> _Slice:
     spacing = _numbers(ds, "PixelSpacing", 2, path)
     if (spacing <= 0).any():
         raise GTVError(f"{path.name} has pixel spacing {tuple(spacing)}; it must be positive")
-    _check_pixel_format(ds, path)
+    check_pixel_format(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):  # PALETTE COLOR would give palette indices as values
-        raise GTVError(f"{path.name} has photometric interpretation {_shown(photometric, 32) or 'none'}; "
+        raise GTVError(f"{path.name} has photometric interpretation {shown(photometric, 32) or 'none'}; "
                        "a CT slice is MONOCHROME1 or MONOCHROME2")
     return _Slice(path, ds, _numbers(ds, "ImagePositionPatient", 3, path), orientation,
-                  (float(spacing[0]), float(spacing[1])), _whole_number(ds, "Rows", 0, path),
-                  _whole_number(ds, "Columns", 0, path), photometric)
+                  (float(spacing[0]), float(spacing[1])), whole_number(ds, "Rows", 0, path),
+                  whole_number(ds, "Columns", 0, path), photometric)
 
 
 def _stack(slices: list[_Slice], folder: Path) -> Image:
@@ -445,27 +355,27 @@ def _check_positions(slices: list[_Slice], normal: np.ndarray) -> float:
 def _pixels(s: _Slice) -> np.ndarray:
     """One slice's values after the modality rescale, ``(rows, columns)``."""
     syntax = str(getattr(s.ds.file_meta, "TransferSyntaxUID", "")) if hasattr(s.ds, "file_meta") else ""
-    if syntax == _RLE_LOSSLESS or syntax in _GDCM_SYNTAXES:
-        _check_fragments(s)
-    if syntax in _GDCM_SYNTAXES:
-        _check_codestream(s, syntax)
+    if syntax == RLE_LOSSLESS or syntax in GDCM_SYNTAXES:
+        check_fragments(s.ds, s.path)
+    if syntax in GDCM_SYNTAXES:
+        check_codestream(s.ds, s.path, syntax, s.rows, s.columns)
         if s.photometric == "MONOCHROME1":  # found through the series fuzzer's oracle
             raise GTVError(f"{s.name} is a compressed MONOCHROME1 slice, which GDCM decodes inverted (not the "
                            "standard's HU); export the series uncompressed")
-    if syntax in _UNCOMPRESSED or syntax == _RLE_LOSSLESS or not syntax:  # none: pydicom says what it lacks
+    if syntax in _UNCOMPRESSED or syntax == RLE_LOSSLESS or not syntax:  # none: pydicom says what it lacks
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 raw = s.ds.pixel_array
         except Exception as exc:  # pydicom names a short or odd pixel data element
-            raise GTVError(f"{s.name}: pixel data is damaged or cut short ({_first_line(exc)})") from None
+            raise GTVError(f"{s.name}: pixel data is damaged or cut short ({first_line(exc)})") from None
         if caught:
             # pydicom decodes what it can and warns: more bytes than Rows x Columns need (a header
             # whose Columns went 512 -> 511 gives sheared slices of plausible values), an RLE
             # segment that decodes to more than its share. The header and the data disagree.
-            raise GTVError(f"{s.name}: pixel data does not match its header ({_first_line(caught[0].message)})")
+            raise GTVError(f"{s.name}: pixel data does not match its header ({first_line(caught[0].message)})")
         values = _rescale(raw, s)
-    elif syntax not in _GDCM_SYNTAXES:
+    elif syntax not in GDCM_SYNTAXES:
         raise GTVError(f"{s.name}: pixel data in transfer syntax {syntax[:64]!r}, which this reader does not decode")
     else:
         reader = sitk.ImageFileReader()
@@ -478,113 +388,6 @@ def _pixels(s: _Slice) -> np.ndarray:
     if values.shape != (s.rows, s.columns):
         raise GTVError(f"{s.name}: pixel data is {values.shape}, its header says {s.rows}x{s.columns}")
     return values
-
-
-def _check_fragments(s: _Slice) -> None:
-    """Compressed pixel data must be items (the offset table, then the fragments), each whole, to its
-    last byte. A value that runs on past them, or an item cut short, is damage: for RLE data whose
-    undefined length had become a defined one of 4.29 GB (the value then ran to the end of the file,
-    sequence delimiter included) GDCM allocated 4.3 GB, even only to read the header (found by
-    fuzzing). pydicom's own fragment reader stops at a delimiter and keeps a cut item as it is."""
-    try:
-        data = s.ds.PixelData or b""  # an empty element's value is None
-    except Exception as exc:
-        raise GTVError(f"{s.name}: compressed pixel data is damaged ({_first_line(exc)})") from None
-    position, items = 0, 0
-    while position < len(data):
-        tag, length = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
-        if tag != b"\xfe\xff\x00\xe0" or position + 8 > len(data):  # (FFFE,E000): an item
-            what = "a sequence delimiter" if tag == b"\xfe\xff\xdd\xe0" else f"bytes {tag.hex()}"
-            raise GTVError(f"{s.name}: compressed pixel data is damaged ({what} where item {items + 1} should start, "
-                           f"{len(data) - position} bytes after its last fragment)")
-        if position + 8 + length > len(data):
-            raise GTVError(f"{s.name}: compressed pixel data is damaged (item {items + 1} is cut short: "
-                           f"{length:,} bytes claimed, {len(data) - position - 8:,} there)")
-        position, items = position + 8 + length, items + 1
-    if items < 2:  # the offset table (possibly empty) and at least one fragment
-        raise GTVError(f"{s.name}: compressed pixel data is damaged (no fragment after the offset table)")
-    element = s.ds["PixelData"]
-    tell = getattr(element, "file_tell", None)
-    if getattr(element, "is_undefined_length", False) and tell is not None:
-        # the sequence delimiter after the items, with the length the standard gives it (0): for one
-        # of 0xFFFFFF00 GDCM took 8 s and 4.3 GB (found by fuzzing); pydicom does not look at it
-        with open(s.path, "rb") as f:
-            f.seek(tell + len(data))
-            delimiter = f.read(8)
-        if delimiter != b"\xfe\xff\xdd\xe0\x00\x00\x00\x00":
-            raise GTVError(f"{s.name}: compressed pixel data is damaged (no sequence delimiter (FFFE,E0DD) of "
-                           f"length 0 after it: the bytes there are {delimiter.hex() or 'none'})")
-
-
-def _frame(data: bytes) -> bytes:
-    """The fragments after the offset table, joined: the one frame of a slice (``_check_fragments``
-    has checked the items)."""
-    parts, position, first = [], 0, True
-    while position < len(data):
-        length = int.from_bytes(data[position + 4:position + 8], "little")
-        if not first:
-            parts.append(data[position + 8:position + 8 + length])
-        position, first = position + 8 + length, False
-    return b"".join(parts)
-
-
-def _check_codestream(s: _Slice, syntax: str) -> None:
-    """The JPEG or JPEG 2000 stream's own frame size and components are the header's: a decoder
-    allocates what the stream says (GDCM took 8 s and 4.3 GB for an 8 x 8 slice whose JPEG 2000 size
-    marker had been damaged, found by fuzzing), and a stream of another size is not this slice."""
-    frame = _frame(s.ds.PixelData)
-    if syntax in ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"):
-        found = _j2k_size(frame)
-    else:
-        found = _jpeg_size(frame)
-    if found is None:
-        raise GTVError(f"{s.name}: compressed pixel data is damaged (no frame size where the stream should give it)")
-    columns, rows, components = found
-    if (rows, columns, components) != (s.rows, s.columns, 1):
-        raise GTVError(f"{s.name}: compressed pixel data is damaged (its stream is {columns}x{rows} with {components} "
-                       f"component(s), its header {s.columns}x{s.rows} with 1)")
-
-
-def _j2k_size(stream: bytes):
-    """``(width, height, components)`` from a JPEG 2000 codestream's SIZ marker (or that of the
-    codestream box of a JP2 file), else None."""
-    if stream[:4] == b"\x00\x00\x00\x0c" and stream[4:8] == b"jP  ":  # a JP2 file: find its codestream box
-        found = stream.find(b"jp2c")
-        stream = stream[found + 4:] if found >= 4 else b""
-    if stream[:4] != b"\xff\x4f\xff\x51" or len(stream) < 42:  # SOC, then SIZ first
-        return None
-    x, y, x0, y0 = (int.from_bytes(stream[k:k + 4], "big") for k in (8, 12, 16, 20))
-    components = int.from_bytes(stream[40:42], "big")
-    if x <= x0 or y <= y0:
-        return None
-    return x - x0, y - y0, components
-
-
-def _jpeg_size(stream: bytes):
-    """``(width, height, components)`` from a JPEG (or JPEG-LS) stream's start-of-frame marker,
-    else None."""
-    if stream[:2] != b"\xff\xd8":  # SOI
-        return None
-    position = 2
-    while position + 4 <= len(stream):
-        if stream[position] != 0xFF:
-            return None
-        marker = stream[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        length = int.from_bytes(stream[position + 2:position + 4], "big")
-        # SOF0-SOF15 but DHT (C4), JPG (C8) and DAC (CC); SOF55 (F7) is JPEG-LS's
-        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
-            if position + 10 > len(stream):
-                return None
-            height = int.from_bytes(stream[position + 5:position + 7], "big")
-            width = int.from_bytes(stream[position + 7:position + 9], "big")
-            return width, height, stream[position + 9]
-        if marker == 0xDA or length < 2:  # scan data before any frame header, or a damaged length
-            return None
-        position += 2 + length
-    return None
 
 
 def _rescale(raw: np.ndarray, s: _Slice) -> np.ndarray:
@@ -623,13 +426,3 @@ def _source(slices: list[_Slice], folder: Path) -> DicomSource:
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message; when it only announces a list ("...: "), the
-    first line of the list (pydicom names the decoders that failed, one per line)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    first = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-    return first[:160]

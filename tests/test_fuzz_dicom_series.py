@@ -445,7 +445,7 @@ def test_a_jpeg_2000_stream_of_another_size_than_its_header_is_refused(tmp_path)
 
 
 def test_the_stream_size_readers():
-    from GTVAutoSegLib.dicomseries import _j2k_size, _jpeg_size
+    from GTVAutoSegLib.dicomchecks import j2k_size as _j2k_size, jpeg_size as _jpeg_size
 
     siz = (b"\xff\x4f\xff\x51\x00\x29\x00\x00" + (520).to_bytes(4, "big") + (530).to_bytes(4, "big")
            + (8).to_bytes(4, "big") + (18).to_bytes(4, "big") + bytes(16) + (1).to_bytes(2, "big") + b"\x8f\x01\x01")
