@@ -169,8 +169,8 @@ def _same_as_gdcm(image, folder: Path) -> None:
     tol = max(dicomseries.POSITION_TOL_MM, dicomseries.SPACING_TOL * step)
     for k, uid in enumerate(source.sop_instance_uids):
         files = [read for u, read in gdcm if u == uid]
-        if not files:
-            continue  # GDCM takes no file with this UID for DICOM
+        if len(files) != 1:
+            continue  # GDCM takes no file with this UID for DICOM, or several files claim it
         assert any(read is not None for read in files), f"slice {k} ({uid}) was read from a file GDCM fails to read"
         where = np.array(image.origin, float) + k * step * normal
         ours = np.asarray(image.array[k], np.float64)
