@@ -58,11 +58,12 @@ def check_one(data: bytes) -> None:
     assert after == before, "the folder's files were changed, or files were added"
 
 
-def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
-    """``(SOP instance UID, (origin, spacing, values) or None)`` of every file with one of ``uids``
-    (by pydicom) that GDCM takes for DICOM: what GDCM reads from it when that is one 2D slice of one
-    value per pixel, None when it fails to read it. A file GDCM does not take for DICOM at all (it is
-    stricter about a file's structure than pydicom: trailing bytes, say) is left out.
+def _gdcm_slices(folder: Path, uids, series_uid: str) -> list[tuple[str, tuple | str | None]]:
+    """``(SOP instance UID, (origin, spacing, values), None or "unknown")`` of every file of the
+    series ``series_uid`` with one of ``uids`` (by pydicom): what GDCM reads from it when that is one
+    2D slice of one value per pixel, None when GDCM takes it for DICOM but fails to read it,
+    "unknown" when GDCM does not take it for DICOM at all (it is stricter about a file's structure
+    than pydicom: trailing bytes, say) or it is not given to GDCM (below).
 
     An RLE file is never given to GDCM (nor a MONOCHROME1 one, whose stored values GDCM inverts, nor
     one whose pixel data's length field claims more than the file holds, see _length_overstated, nor
@@ -94,7 +95,10 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
             continue
         # no pixel data: not a slice the reader read (its meta header's UID can still match); GDCM
         # allocated 4.3 GB for one such file before it gave up
-        if uid not in uids or "PixelData" not in ds or any(tag > 0x7FE00010 for tag in ds.keys()):
+        if uid not in uids or str(ds.get("SeriesInstanceUID", "") or "") != series_uid:
+            continue
+        if "PixelData" not in ds or any(tag > 0x7FE00010 for tag in ds.keys()):
+            found.append((uid, "unknown"))  # a file the slice may have come from, not given to GDCM
             continue
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -115,8 +119,7 @@ def _gdcm_slices(folder: Path, uids) -> list[tuple[str, tuple | None]]:
                     values = sitk.GetArrayViewFromImage(image)[0].astype(np.float64)
                     components = image.GetNumberOfComponentsPerPixel()
         except RuntimeError as exc:
-            if "Unable to determine ImageIO reader" not in str(exc):
-                found.append((uid, None))
+            found.append((uid, "unknown" if "Unable to determine ImageIO reader" in str(exc) else None))
             continue
         except Exception:  # pydicom could not read an RLE file's position or frame
             found.append((uid, None))
@@ -162,15 +165,15 @@ def _same_as_gdcm(image, folder: Path) -> None:
     source = image.source
     z = image.array.shape[0]
     assert source is not None and len(source.sop_instance_uids) == z, "slices and SOP instance UIDs differ in number"
-    gdcm = _gdcm_slices(folder, set(source.sop_instance_uids))
+    gdcm = _gdcm_slices(folder, set(source.sop_instance_uids), source.series_instance_uid)
     direction = np.array(image.direction, float).reshape(3, 3)
     normal = direction[:, 2]
     step = float(image.spacing[2])
     tol = max(dicomseries.POSITION_TOL_MM, dicomseries.SPACING_TOL * step)
     for k, uid in enumerate(source.sop_instance_uids):
         files = [read for u, read in gdcm if u == uid]
-        if len(files) != 1:
-            continue  # GDCM takes no file with this UID for DICOM, or several files claim it
+        if len(files) != 1 or files[0] == "unknown":
+            continue  # several files claim the slice's UIDs, or GDCM does not take its file for DICOM
         assert any(read is not None for read in files), f"slice {k} ({uid}) was read from a file GDCM fails to read"
         where = np.array(image.origin, float) + k * step * normal
         ours = np.asarray(image.array[k], np.float64)
