@@ -24,7 +24,6 @@ multi-line message, a changed input file or a file added to the folder is a cras
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import tempfile
 import warnings
@@ -271,23 +270,13 @@ def _series(hu, signed: bool, slope: float, intercept: float, bits_stored: int =
 
 
 def main() -> None:
-    import atheris
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fuzzing import run
 
     warnings.simplefilter("ignore")  # pydicom's and the reader's warnings on every damaged input
-
-    # Only the library is instrumented; pydicom, ITK and the rest are imported plainly (fast start).
-    with atheris.instrument_imports(include=["GTVAutoSegLib"]):
-        import GTVAutoSegLib.dicomseries  # noqa: F401
-        import GTVAutoSegLib.inputcheck  # noqa: F401
-        import GTVAutoSegLib.io  # noqa: F401
-    corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if corpus and not any(any(Path(c).iterdir()) for c in corpus if Path(c).is_dir()):  # empty: seed it
-        for k, seed in enumerate(seeds()):
-            (Path(corpus[0]) / f"seed{k}").write_bytes(seed)
-    atheris.Setup(sys.argv, check_one)
-    atheris.Fuzz()
+    run(check_one, seeds, ["GTVAutoSegLib.dicomchecks", "GTVAutoSegLib.dicomseries", "GTVAutoSegLib.inputcheck",
+                           "GTVAutoSegLib.io"])
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()

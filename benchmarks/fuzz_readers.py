@@ -14,7 +14,6 @@ runs a few seconds of it in CI, and crashes found are kept there as regression t
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -92,22 +91,12 @@ def seeds() -> list[bytes]:
 
 
 def main() -> None:
-    import atheris
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fuzzing import run
 
-    # Only the library is instrumented; torch, ITK and the rest are imported plainly (fast start).
-    with atheris.instrument_imports(include=["GTVAutoSegLib"]):
-        import GTVAutoSegLib.bundle  # noqa: F401
-        import GTVAutoSegLib.dicomseries  # noqa: F401
-        import GTVAutoSegLib.inputcheck  # noqa: F401
-        import GTVAutoSegLib.io  # noqa: F401
-    corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if corpus and not any(any(Path(c).iterdir()) for c in corpus if Path(c).is_dir()):  # empty: seed it
-        for k, seed in enumerate(seeds()):
-            (Path(corpus[0]) / f"seed{k}").write_bytes(seed)
-    atheris.Setup(sys.argv, check_one)
-    atheris.Fuzz()
+    run(check_one, seeds, ["GTVAutoSegLib.bundle", "GTVAutoSegLib.dicomseries", "GTVAutoSegLib.inputcheck",
+                           "GTVAutoSegLib.io"])
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
