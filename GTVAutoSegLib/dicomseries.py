@@ -93,6 +93,17 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def _looks_like_bare_dataset(path: Path) -> bool:
+    """A file that starts like a little-endian DICOM data set written without the file header (some
+    old exports): a group 0008 element, the first a CT data set has."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(8)
+    except OSError:
+        return False
+    return len(start) == 8 and start[:2] == b"\x08\x00" and int.from_bytes(start[2:4], "little") <= 0x0018
+
+
 def modality_of(path: Path) -> str:
     """The Modality of one DICOM file ("" when it has none); GTVError when it is not readable."""
     ds = _read(path, pixels=False)
@@ -210,6 +221,7 @@ def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:
     series: dict[str, list[_Slice]] = {}
     skipped: set[str] = set()
     not_images: dict[str, list[str]] = {}  # series UID -> files of Modality CT that are not CT images
+    bare: list[str] = []  # files that look like DICOM data sets without the file header
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
@@ -223,6 +235,8 @@ def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:
             continue
         path = Path(entry.path)
         if not is_dicom_file(path):
+            if _looks_like_bare_dataset(path):
+                bare.append(path.name)
             continue
         header = _read(path, pixels=False)
         modality = str(header.get("Modality", "")).strip().upper()
@@ -244,6 +258,10 @@ def _ct_series(folder: Path) -> tuple[dict[str, list[_Slice]], set[str]]:
             raise GTVError(f"{path.name} is a multi-frame (enhanced) CT object; export the series as one file per slice")
         uid = str(header.get("SeriesInstanceUID", "")) or "no series UID"
         series.setdefault(uid, []).append(_slice(path))
+    if bare:  # left out like any other file, but one of them could be a slice at either end of the stack
+        warnings.warn(f"{folder.name}: left out {len(bare)} file(s) that look like DICOM data sets without the DICOM "
+                      f"file header ('DICM' at byte 128): {', '.join(bare[:3])}{', ...' if len(bare) > 3 else ''}",
+                      UserWarning, stacklevel=3)
     for uid, names in not_images.items():
         if uid in series:  # beside the slices of a series, under its UID: say so
             warnings.warn(f"{folder.name}: series {shown(uid)} also holds {len(names)} object(s) of Modality CT that are not "

@@ -468,3 +468,21 @@ def test_a_compressed_monochrome1_slice_is_refused(tmp_path):
     _set_photometric(folder, [p.name for p in folder.iterdir()], "MONOCHROME1")
     with pytest.raises(GTVError, match=r"^00\.dcm is a compressed MONOCHROME1 slice, which GDCM decodes inverted"):
         read_image(folder)
+
+
+def test_a_slice_written_without_the_dicom_file_header_is_named_when_left_out(tmp_path):
+    # A data set without the preamble and "DICM" (some old exports write them) is not read; at an end
+    # of the stack it would go missing without a gap in the spacing, so the reader says so.
+    import pydicom
+
+    folder = _copy_seed(tmp_path)
+    path = folder / "03.dcm"  # the last slice
+    ds = pydicom.dcmread(path)
+    del ds.file_meta
+    ds.preamble = None
+    pydicom.dcmwrite(path, ds, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    assert path.read_bytes()[:2] == b"\x08\x00"
+    with pytest.warns(UserWarning, match=r"left out 1 file\(s\) that look like DICOM data sets without the DICOM file "
+                                         r"header \('DICM' at byte 128\): 03\.dcm$"):
+        image = read_image(folder)
+    assert image.array.shape == (3, 5, 6)
