@@ -27,17 +27,18 @@ def out_of_order_in_file(path: Path, meta):
     its predecessor in the file, else None. Read from the file itself: pydicom keeps one element per
     tag, the last read, so a repeated element is invisible in its data set, and readers part ways
     on it (found by fuzzing: Columns 1 then 6; pydicom took 6, GDCM 1)."""
-    from pydicom.filereader import data_element_generator
+    from pydicom import filereader
 
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    group_length = meta.get("FileMetaInformationGroupLength") if meta is not None else None
-    if syntax == "1.2.840.10008.1.2.1.99" or not isinstance(group_length, int):  # deflated; no length to skip by
+    if syntax == "1.2.840.10008.1.2.1.99":  # deflated: the data set is not in the file as it is
         return None
     previous = None
     with open(path, "rb") as f:
-        f.seek(128 + 4 + 12 + group_length)  # preamble, "DICM", the group length element, the meta group
-        elements = data_element_generator(f, syntax == "1.2.840.10008.1.2", syntax != "1.2.840.10008.1.2.2",
-                                          defer_size=256)
+        f.seek(128 + 4)  # the preamble and "DICM"
+        # past the meta group as pydicom reads it (not by its group length, which some writers leave wrong)
+        filereader._read_file_meta_info(f)
+        elements = filereader.data_element_generator(f, syntax == "1.2.840.10008.1.2",
+                                                     syntax != "1.2.840.10008.1.2.2", defer_size=256)
         try:
             for element in elements:
                 if previous is not None and element.tag <= previous:

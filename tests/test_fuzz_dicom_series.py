@@ -486,3 +486,16 @@ def test_a_slice_written_without_the_dicom_file_header_is_named_when_left_out(tm
                                          r"header \('DICM' at byte 128\): 03\.dcm$"):
         image = read_image(folder)
     assert image.array.shape == (3, 5, 6)
+
+
+def test_a_wrong_file_meta_group_length_does_not_refuse_a_slice(tmp_path):
+    # pydicom reads past the meta group by its elements, not by (0002,0000), which some writers leave
+    # wrong; the reader's own check of the elements' order does the same.
+    reference = read_image(_copy_seed(tmp_path / "a"))
+    folder = _copy_seed(tmp_path / "b")
+    for path in folder.iterdir():
+        data = bytearray(path.read_bytes())
+        assert data[132:140] == b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
+        data[140:144] = (int.from_bytes(data[140:144], "little") + 6).to_bytes(4, "little")
+        path.write_bytes(bytes(data))
+    assert np.array_equal(read_image(folder).array, reference.array)
