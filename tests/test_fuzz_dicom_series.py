@@ -488,14 +488,24 @@ def test_a_slice_written_without_the_dicom_file_header_is_named_when_left_out(tm
     assert image.array.shape == (3, 5, 6)
 
 
-def test_a_wrong_file_meta_group_length_does_not_refuse_a_slice(tmp_path):
+def _wrong_group_length(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    assert data[132:140] == b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
+    data[140:144] = (int.from_bytes(data[140:144], "little") - 8).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_a_wrong_file_meta_group_length_neither_refuses_a_slice_nor_hides_damage(tmp_path):
     # pydicom reads past the meta group by its elements, not by (0002,0000), which some writers leave
-    # wrong; the reader's own check of the elements' order does the same.
+    # wrong; the reader's check of the elements' order does the same (by the group length it began
+    # 8 bytes early here, read the meta group's last value as an element and saw nothing after it).
     reference = read_image(_copy_seed(tmp_path / "a"))
     folder = _copy_seed(tmp_path / "b")
     for path in folder.iterdir():
-        data = bytearray(path.read_bytes())
-        assert data[132:140] == b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
-        data[140:144] = (int.from_bytes(data[140:144], "little") + 6).to_bytes(4, "little")
-        path.write_bytes(bytes(data))
+        _wrong_group_length(path)
     assert np.array_equal(read_image(folder).array, reference.array)
+    path = folder / "03.dcm"
+    element = b"\x28\x00\x30\x00DS\x08\x000.75\\0.8"  # (0028,0030) PixelSpacing, then written again
+    path.write_bytes(path.read_bytes().replace(element, element + b"\x28\x00\x30\x00DS\x08\x000.80\\0.8", 1))
+    with pytest.raises(GTVError, match=r"^03\.dcm is a damaged DICOM file \(element \(0028,0030\) appears twice"):
+        read_image(folder)
