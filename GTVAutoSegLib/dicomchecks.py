@@ -11,6 +11,7 @@ by fuzzing DICOM folders (``benchmarks/fuzz_dicom_series.py``). Each function ra
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import GTVError
@@ -61,12 +62,17 @@ def out_of_order(ds):
     return None
 
 
+@lru_cache(maxsize=1)
+def _known_vrs() -> frozenset[str]:
+    from pydicom.valuerep import VR
+
+    return frozenset(v.value for v in VR)
+
+
 def unknown_vr(ds):
     """The tag of the first top-level element whose explicit VR is none of the standard's, else None
     (read from the raw elements: no value is decoded; an implicit-VR file has none to check)."""
-    from pydicom.valuerep import VR
-
-    known = {v.value for v in VR}
+    known = _known_vrs()
     for element in ds.elements():
         vr = getattr(element, "VR", None)
         if vr is not None and str(vr) not in known:

@@ -24,6 +24,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,8 @@ _USED_KEYWORDS = ("Modality", "ImageType", "NumberOfFrames", "SeriesInstanceUID"
                   "HighBit", "PixelRepresentation", "SamplesPerPixel", "SpacingBetweenSlices", "SliceThickness", "RescaleSlope",
                   "RescaleIntercept", *PATIENT_STUDY_KEYWORDS)
 _USED_META_KEYWORDS = ("TransferSyntaxUID", "MediaStorageSOPInstanceUID", "MediaStorageSOPClassUID")
+# Of those, what the header-only pass (sorting a folder's files into series) reads.
+_HEADER_KEYWORDS = ("Modality", "SOPClassUID", "ImageType", "NumberOfFrames", "SeriesInstanceUID", "SOPInstanceUID")
 # Positions agree to this (mm); spacings to this fraction of the slice spacing.
 POSITION_TOL_MM = 0.01
 SPACING_TOL = 0.02
@@ -163,10 +166,21 @@ def series_headers(source: DicomSource) -> list:
     return [found[u] for u in source.sop_instance_uids]
 
 
+@lru_cache(maxsize=2)
+def _used_tags(pixels: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The tags a full read (``pixels``) or the header-only pass uses, of the data set and of the
+    file meta header (pydicom is imported when first used)."""
+    from pydicom.datadict import tag_for_keyword
+
+    keywords = _USED_KEYWORDS if pixels else _HEADER_KEYWORDS
+    return tuple(tag_for_keyword(k) for k in keywords), tuple(tag_for_keyword(k) for k in _USED_META_KEYWORDS)
+
+
 def _read(path: Path, pixels: bool):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    used, used_meta = _used_tags(pixels)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -175,11 +189,12 @@ def _read(path: Path, pixels: bool):
             meta = getattr(ds, "file_meta", None)
             bad = (unknown_vr(meta) if meta is not None else None) or unknown_vr(ds)
             disorder = out_of_order(meta) if meta is not None else None
-            disorder = disorder or out_of_order_in_file(path, meta)
-            for keyword in _USED_KEYWORDS if bad is None else ():
-                ds.get(keyword)
-            for keyword in _USED_META_KEYWORDS if meta is not None and bad is None else ():
-                meta.get(keyword)
+            if pixels:  # a slice's full read (the header-only pass before it sorts the folder's files)
+                disorder = disorder or out_of_order_in_file(path, meta)
+            for source, tags in ((ds, used), (meta, used_meta)) if bad is None else ():
+                for tag in tags if source is not None else ():
+                    if tag in source:
+                        source[tag]  # decodes it (by tag: a keyword lookup cost ~25 us a time)
     except InvalidDicomError:
         raise GTVError(f"{path.name} is not a DICOM file") from None
     except Exception as exc:  # a damaged header: pydicom raises EOFError, ValueError, struct.error...
