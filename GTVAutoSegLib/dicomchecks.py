@@ -25,9 +25,10 @@ GDCM_SYNTAXES = {"1.2.840.10008.1.2.4." + s for s in ("50", "51", "57", "70", "8
 
 def out_of_order_in_file(path: Path, meta):
     """``(previous, tag)`` of the first top-level element of the data set that does not come after
-    its predecessor in the file, else None. Read from the file itself: pydicom keeps one element per
-    tag, the last read, so a repeated element is invisible in its data set, and readers part ways
-    on it (found by fuzzing: Columns 1 then 6; pydicom took 6, GDCM 1)."""
+    its predecessor in the file, ``"cut short"`` when the file ends inside an element, else None.
+    Read from the file itself: pydicom keeps one element per tag, the last read, so a repeated
+    element is invisible in its data set, and readers part ways on it (found by fuzzing: Columns 1
+    then 6; pydicom took 6, GDCM 1)."""
     from pydicom import filereader
 
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
