@@ -25,3 +25,14 @@ def run(check_one, seeds, modules: list[str]) -> None:
             (Path(corpus[0]) / f"seed{k}").write_bytes(seed)
     atheris.Setup(sys.argv, check_one)
     atheris.Fuzz()
+
+
+def seeded_run(script: Path, corpus: Path, runs: int, rss_limit_mb: int, timeout_s: float):
+    """One fuzzer (``script``) run as CI runs it: a fixed seed, number of runs and hash seed (a slow
+    machine runs the same inputs as a fast one), ``corpus`` an empty folder it seeds. Returns the
+    finished process (libFuzzer reports on stderr)."""
+    import subprocess
+
+    return subprocess.run([sys.executable, str(script), f"-runs={runs}", "-seed=1", f"-rss_limit_mb={rss_limit_mb}",
+                           "-timeout=20", str(corpus)], capture_output=True, text=True, timeout=timeout_s,
+                          cwd=corpus.parent, env={**os.environ, "PYTHONHASHSEED": "0"})

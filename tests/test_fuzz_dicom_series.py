@@ -2,7 +2,6 @@
 seeded run in CI (a fixed seed and number of runs), its oracle shown to fail on a wrong image, and the
 inputs it found, kept as regression tests."""
 
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fuzz_dicom_series as fuzz  # noqa: E402
+from fuzzing import seeded_run  # noqa: E402
 
 from GTVAutoSegLib.errors import GTVError  # noqa: E402
 from GTVAutoSegLib.io import read_image  # noqa: E402
@@ -27,10 +27,7 @@ def test_a_short_fuzzing_run_finds_no_crash(tmp_path):
     pytest.importorskip("atheris", reason="atheris is not installed")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz_dicom_series.py"), "-runs=3000", "-seed=1",
-                        "-rss_limit_mb=3072", "-timeout=20", str(corpus)],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                       env={**os.environ, "PYTHONHASHSEED": "0"})
+    r = seeded_run(ROOT / "benchmarks" / "fuzz_dicom_series.py", corpus, runs=3000, rss_limit_mb=3072, timeout_s=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Done" in r.stderr and "runs in" in r.stderr
     assert len(list(corpus.iterdir())) >= len(SEEDS)  # it started from the seeds

@@ -3,7 +3,6 @@ CI (a fixed seed and number of runs rather than a time limit: a busy CI machine 
 as a quiet one; two runs here reached one of two corpora, not one per run), and the inputs it (or its
 property-based sibling) found, kept as regression tests."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fuzz_readers  # noqa: E402
+from fuzzing import seeded_run  # noqa: E402
 
 pytest.importorskip("atheris", reason="atheris is not installed")
 
@@ -21,10 +21,7 @@ pytest.importorskip("atheris", reason="atheris is not installed")
 def test_a_short_fuzzing_run_finds_no_crash(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz_readers.py"), "-runs=15000", "-seed=1",
-                        "-rss_limit_mb=4096", "-timeout=20", str(corpus)],
-                       capture_output=True, text=True, timeout=240, cwd=tmp_path,
-                       env={**os.environ, "PYTHONHASHSEED": "0"})
+    r = seeded_run(ROOT / "benchmarks" / "fuzz_readers.py", corpus, runs=15000, rss_limit_mb=4096, timeout_s=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Done" in r.stderr and "runs in" in r.stderr
     # it started from the seeds (an empty corpus folder is seeded; a check that was always true once
