@@ -263,6 +263,12 @@ def _attached_nrrd(path: Path) -> tuple[int, dict[str, str]] | None:
     end = min((i for i in (head.find(b"\n\n"), head.find(b"\r\n\r\n")) if i >= 0), default=-1)
     if not head.startswith(b"NRRD") or end < 0:
         return None
+    # A header is text: ITK (teem) and this parser part ways on where one holding NUL or other control
+    # bytes ends, and so on where the voxels start (fuzz_readers.py: a raw NRRD read 10 bytes apart)
+    binary = next((k for k, b in enumerate(head[:end]) if b < 0x20 and b not in (9, 10, 13) or b == 0x7F), None)
+    if binary is not None:
+        raise GTVError(f"{path.name} is not a readable image (its NRRD header holds the byte 0x{head[binary]:02x} "
+                       f"at offset {binary}: a damaged header)")
     fields = {}
     for line in head[:end].decode("latin-1").splitlines()[1:]:
         key, sep, value = line.partition(":")

@@ -73,6 +73,24 @@ def test_found_inputs_stay_fixed(data):
     fuzz_readers.check_one(data)
 
 
+def test_a_nrrd_header_holding_binary_bytes_is_refused(tmp_path):
+    # Found by the fuzzer (2026-12-01): a raw NRRD whose "space origin" line ran on with NUL bytes
+    # before the blank line; ITK started the voxels 10 bytes before this reader did (its own header
+    # parsing), so the two read different images. A header is text: such a file is refused.
+    from GTVAutoSegLib.errors import GTVError
+    from GTVAutoSegLib.io import read_image
+
+    header = (b"NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 4 3 2\n"
+              b"space directions: (1,0,0) (0,1,0) (0,0,1)\nkinds: domain domain domain\nendian: little\n"
+              b"encoding: raw\nspace origin: (0,0,0)\x00\\\x01" + bytes(12) + b"\n\n")
+    path = tmp_path / "binary_header.nrrd"
+    path.write_bytes(header + bytes(48))
+    fuzz_readers.check_one(bytes([fuzz_readers.KINDS.index(".nrrd")]) + path.read_bytes())
+    with pytest.raises(GTVError, match=r"^binary_header\.nrrd is not a readable image \(its NRRD header holds the byte "
+                                       r"0x00 at offset \d+: a damaged header\)$"):
+        read_image(path)
+
+
 # Found by the fuzzer (the files as it found them): SimpleITK 2.5.3's ReadImageInformation never
 # returns for these headers. A NIfTI sform with a NaN offset beside a zero-length axis:
 _NAN_SFORM_NII = (
